@@ -1,0 +1,254 @@
+"""The search spec, version 1: the one contract between user, service and workers.
+
+Shaped after Katib's Experiment (objective / algorithm / early stopping /
+parameters): ``objective`` says what is better, ``search`` says how to look,
+``space`` says where. Every section forbids unknown fields, so a typo is a 422
+naming the field instead of a silently ignored setting.
+
+Cross-field rules live in one ``model_validator`` on :class:`SearchSpec`, each
+raising :class:`SpecError` with the dotted path of the offending field, so the
+service can answer with ``{"field": "space.reg_lambda.low", ...}``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
+                      model_validator)
+
+from search_spaces import catalog
+from search_spaces.params import LOSS_SHAPING, PARAMS, canonical
+
+MAX_NAME = 100
+MAX_TRIALS = 10_000
+MAX_CONCURRENT = 256
+MAX_EPOCHS = 10_000
+MAX_CHOICES = 100
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+Scalar = Union[bool, int, float, str]
+
+
+class SpecError(ValueError):
+    """A rule across fields failed; ``field`` is the dotted path to blame."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    """A continuous or integer interval; ``log`` samples its logarithm uniformly."""
+
+    low: float
+    high: float
+    log: bool = False
+    type: Literal["float", "int"] = "float"
+    #: log ranges cannot reach 0; this adds exactly 0 as a candidate ("no penalty").
+    include_zero: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Range":
+        if not self.low < self.high:
+            raise SpecError("low", f"low ({self.low}) must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise SpecError("low", f"a log range needs low > 0, got {self.low}")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise SpecError("low", "an int range needs integer bounds")
+        if self.include_zero and not self.log:
+            raise SpecError("include_zero", "include_zero is for log ranges; a linear range "
+                                            "reaches 0 by setting low: 0")
+        return self
+
+
+class Choices(_Strict):
+    choices: list[Scalar] = Field(min_length=1, max_length=MAX_CHOICES)
+
+
+def _param_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "choices" if "choices" in value else "range"
+    if isinstance(value, (Range, Choices)):
+        return "choices" if isinstance(value, Choices) else "range"
+    return "constant"
+
+
+#: A parameter is a constant, a range {low, high, log?, type?} or {choices: [...]}.
+Param = Annotated[
+    Union[Annotated[Range, Tag("range")], Annotated[Choices, Tag("choices")],
+          Annotated[Scalar, Tag("constant")]],
+    Discriminator(_param_kind),
+]
+
+
+class Objective(_Strict):
+    loss: str = "cross_entropy"
+    metric: str = "val_accuracy"
+    mode: Literal["min", "max"] | None = None  # None: the metric's natural direction
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        if v not in catalog.LOSSES:
+            raise ValueError(f"unknown loss {v!r}; known: {sorted(catalog.LOSSES)}")
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v not in catalog.METRICS:
+            raise ValueError(f"unknown metric {v!r}; known: {sorted(catalog.METRICS)}")
+        return v
+
+    @property
+    def direction(self) -> Literal["min", "max"]:
+        return self.mode or catalog.METRICS[self.metric].mode
+
+
+class Model(_Strict):
+    name: str | None = None  # None: the task kind's default
+    hidden_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [64], max_length=8)
+    channels: list[Annotated[int, Field(ge=1, le=256)]] = Field(
+        default_factory=lambda: [16, 32], max_length=4)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and v not in catalog.MODELS:
+            raise ValueError(f"unknown model {v!r}; known: {sorted(catalog.MODELS)}")
+        return v
+
+
+class Train(_Strict):
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(64, ge=1, le=65536)
+    lr: float = Field(0.1, gt=0)
+    optimizer: str = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    #: seeds model initialisation and data order; the same spec and seed give the
+    #: same metrics on the same machine.
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _opt(cls, v: str) -> str:
+        if v not in catalog.OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {v!r}; known: {list(catalog.OPTIMIZERS)}")
+        return v
+
+
+class Search(_Strict):
+    algorithm: str = "tpe"
+    num_trials: int = Field(16, ge=1, le=MAX_TRIALS)
+    max_concurrent: int = Field(2, ge=1, le=MAX_CONCURRENT)
+    scheduler: str = "asha"
+    seed: int | None = Field(0, ge=0, le=2**31 - 1)
+    grace_period: int = Field(1, ge=1)  # epochs before a scheduler may stop a trial
+    reduction_factor: float = Field(2.0, gt=1)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _alg(cls, v: str) -> str:
+        if v not in catalog.ALGORITHMS:
+            raise ValueError(f"unknown algorithm {v!r}; known: {list(catalog.ALGORITHMS)}")
+        return v
+
+    @field_validator("scheduler")
+    @classmethod
+    def _sched(cls, v: str) -> str:
+        if v not in catalog.SCHEDULERS:
+            raise ValueError(f"unknown scheduler {v!r}; known: {list(catalog.SCHEDULERS)}")
+        return v
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0, le=256)
+    gpu: float = Field(0.0, ge=0, le=16)
+
+
+class SearchSpec(_Strict):
+    version: Literal[1] = 1
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    task: str
+    task_options: dict[str, Scalar] = Field(default_factory=dict, max_length=16)
+    objective: Objective = Field(default_factory=Objective)
+    model: Model = Field(default_factory=Model)
+    train: Train = Field(default_factory=Train)
+    space: dict[str, Param] = Field(default_factory=dict, max_length=len(PARAMS))
+    search: Search = Field(default_factory=Search)
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use letters, digits, '.', '_' and '-', starting with a letter or digit")
+        return v
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        if v not in catalog.task_names():
+            raise ValueError(f"unknown task {v!r}; known: {sorted(catalog.task_names())}")
+        return v
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _aliases(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out: dict[str, Any] = {}
+        for key, value in v.items():
+            name = canonical(str(key))
+            if name in out:
+                raise ValueError(f"{key!r} and {name!r} name the same parameter")
+            out[name] = value
+        return out
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "SearchSpec":
+        from search_spaces.rules import check_spec
+
+        check_spec(self)
+        return self
+
+    # --- derived views -------------------------------------------------------
+
+    @property
+    def task_kind(self) -> str:
+        info = catalog.TASKS.get(self.task)
+        if info is not None and info.n_samples is None:
+            return str(self.task_options.get("kind", "classification"))
+        return info.kind if info else "classification"
+
+    def searched(self) -> dict[str, Range | Choices]:
+        """The parameters that vary between trials."""
+        return {k: v for k, v in self.space.items() if isinstance(v, (Range, Choices))}
+
+    def constants(self) -> dict[str, Scalar]:
+        return {k: v for k, v in self.space.items() if not isinstance(v, (Range, Choices))}
+
+    def loss_shaping_searched(self) -> set[str]:
+        return set(self.searched()) & LOSS_SHAPING
+
+    def resolve_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """The complete parameter set of one trial: defaults < train < constants < sampled."""
+        params: dict[str, Any] = {name: info.default for name, info in PARAMS.items()}
+        params.update(lr=self.train.lr, batch_size=self.train.batch_size,
+                      momentum=self.train.momentum, loss=self.objective.loss)
+        params.update(self.constants())
+        params.update({canonical(k): v for k, v in sampled.items()})
+        for name, info in PARAMS.items():
+            if info.type == "int":
+                params[name] = int(params[name])
+            elif info.type == "float":
+                params[name] = float(params[name])
+        return params
