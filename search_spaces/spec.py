@@ -239,6 +239,19 @@ class SearchSpec(_Strict):
     def loss_shaping_searched(self) -> set[str]:
         return set(self.searched()) & LOSS_SHAPING
 
+    def grid_axes(self) -> dict[str, list[Scalar]]:
+        """The grid algorithm's axes (every searched parameter is a Choices there)."""
+        return {k: list(v.choices) for k, v in self.searched().items() if isinstance(v, Choices)}
+
+    def planned_trials(self) -> int:
+        """Trials the job will run: a grid has a fixed number of points."""
+        if self.search.algorithm != "grid":
+            return self.search.num_trials
+        size = 1
+        for values in self.grid_axes().values():
+            size *= len(values)
+        return min(self.search.num_trials, size)
+
     def resolve_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """The complete parameter set of one trial: defaults < train < constants < sampled."""
         params: dict[str, Any] = {name: info.default for name, info in PARAMS.items()}

@@ -1,0 +1,48 @@
+"""Request dependencies: the service context and the calling principal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from service.auth import LOCAL_PRINCIPAL, Principal
+from service.errors import ApiError
+from service.jobs import JobService
+from service.settings import Settings
+from service.store.base import JobStore
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: JobStore
+    jobs: JobService
+    launcher: Any
+    head: Any = None
+    supervisor: Any = None
+    metrics: Any = None
+    owned: list[Any] = field(default_factory=list)
+
+
+def context(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+def principal(request: Request) -> Principal:
+    """Who is calling: a bearer token when REGTUNE_AUTH=required, else the local user."""
+    ctx: Context = request.app.state.ctx
+    if ctx.settings.auth == "off":
+        return LOCAL_PRINCIPAL
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "a bearer token is required (Authorization: Bearer TOKEN)",
+                       [{"field": "header.authorization", "message": "missing"}], challenge)
+    user = ctx.store.authenticate(token.strip())
+    if user is None:
+        raise ApiError(401, "unknown or revoked token",
+                       [{"field": "header.authorization", "message": "invalid"}], challenge)
+    return Principal(name=user.name, admin=user.admin)

@@ -1,0 +1,170 @@
+"""/v1/jobs: submit, list, inspect, cancel, stream, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from search_spaces import SearchSpec, load_spec
+from service.api.deps import Context, context, principal
+from service.api.schemas import BestView, JobView, TrialView
+from service.auth import Principal
+from service.errors import ApiError
+from service.jobs import ConflictError, Forbidden, NotFoundError, TooManyTrials
+from service.launcher import LaunchError
+from service.store.entities import JOB_STATUSES, TERMINAL
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="12 hex characters")]
+Ctx = Annotated[Context, Depends(context)]
+Who = Annotated[Principal, Depends(principal)]
+
+_SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": SearchSpec.model_json_schema(
+                ref_template="#/components/schemas/{model}")},
+            "application/yaml": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+def _job(ctx: Context, job_id: str) -> Any:
+    try:
+        return ctx.jobs.get(job_id)
+    except NotFoundError as exc:
+        raise ApiError(404, str(exc), [{"field": "path.job_id", "message": "not found"}])
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body larger than {limit} bytes", [{"field": "body",
+                                                                 "message": "too large"}])
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"body larger than {limit} bytes", [{"field": "body",
+                                                                     "message": "too large"}])
+    return body
+
+
+@router.post("", status_code=201, response_model=JobView, openapi_extra=_SPEC_BODY,
+             responses={422: {"description": "invalid spec; the error names the field"}})
+async def submit(request: Request, response: Response, ctx: Ctx, who: Who,
+                 idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
+    """Submit a search spec (JSON, or YAML with Content-Type application/yaml)."""
+    body = await _read_body(request, ctx.settings.max_body_bytes)
+    spec = load_spec(body, request.headers.get("content-type"))
+    try:
+        job, created = await asyncio.to_thread(ctx.jobs.submit, spec, who, idempotency_key)
+    except TooManyTrials as exc:
+        raise ApiError(422, str(exc), [{"field": exc.field, "message": str(exc)}])
+    if ctx.supervisor is not None and created:
+        ctx.supervisor.wake()
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return ctx.jobs.view(job)
+
+
+@router.get("", response_model=list[JobView])
+def list_jobs(ctx: Ctx, who: Who,
+              status: Annotated[str | None, Query(pattern="^(" + "|".join(JOB_STATUSES) + ")$")] = None,
+              owner: Annotated[str | None, Query(max_length=100)] = None,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+              offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> Any:
+    jobs = ctx.store.list_jobs(owner=owner, status=status, limit=limit, offset=offset)
+    positions = ctx.jobs.queue_positions() if any(j.status == "queued" for j in jobs) else {}
+    return [ctx.jobs.view(j, positions) for j in jobs]
+
+
+@router.get("/{job_id}", response_model=JobView)
+def get_job(job_id: JobId, ctx: Ctx, who: Who) -> Any:
+    return ctx.jobs.view(_job(ctx, job_id))
+
+
+@router.get("/{job_id}/trials", response_model=list[TrialView])
+def trials(job_id: JobId, ctx: Ctx, who: Who) -> Any:
+    _job(ctx, job_id)
+    return [TrialView.of(t) for t in ctx.store.list_trials(job_id)]
+
+
+@router.get("/{job_id}/best", response_model=BestView,
+            responses={404: {"description": "unknown job, or no trial has reported yet"}})
+def best(job_id: JobId, ctx: Ctx, who: Who) -> Any:
+    payload = ctx.jobs.best(_job(ctx, job_id))
+    if payload is None:
+        raise ApiError(404, f"no trial of job {job_id} has reported its objective yet",
+                       [{"field": "path.job_id", "message": "no result yet"}])
+    return payload
+
+
+@router.post("/{job_id}/cancel", response_model=JobView)
+def cancel(job_id: JobId, ctx: Ctx, who: Who) -> Any:
+    try:
+        job = ctx.jobs.cancel(job_id, who)
+    except NotFoundError as exc:
+        raise ApiError(404, str(exc), [{"field": "path.job_id", "message": "not found"}])
+    except Forbidden as exc:
+        raise ApiError(403, str(exc), [{"field": "path.job_id", "message": "not yours"}])
+    except ConflictError as exc:
+        raise ApiError(409, str(exc), [{"field": "path.job_id", "message": "finished"}])
+    return ctx.jobs.view(job)
+
+
+@router.get("/{job_id}/logs", response_class=PlainTextResponse)
+def logs(job_id: JobId, ctx: Ctx, who: Who) -> str:
+    job = _job(ctx, job_id)
+    if not job.ray_submission_id:
+        return ""
+    try:
+        return ctx.launcher.logs(job.ray_submission_id)
+    except LaunchError as exc:
+        raise ApiError(503, f"the cluster did not answer: {exc}")
+
+
+def _sse(event: Any) -> str:
+    data = json.dumps({"seq": event.seq, "kind": event.kind, "payload": event.payload,
+                       "created_at": event.created_at.isoformat()}, default=str)
+    return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n"
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def events(job_id: JobId, request: Request, ctx: Ctx, who: Who,
+                 after: Annotated[int, Query(ge=0)] = 0,
+                 last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+                 follow: bool = True) -> StreamingResponse:
+    """Server-Sent Events: trial results and state changes, in order, until the job ends."""
+    _job(ctx, job_id)
+    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+
+    async def stream():
+        seq = start
+        while True:
+            batch = await asyncio.to_thread(ctx.store.events_since, job_id, seq, 500)
+            for event in batch:
+                seq = event.seq
+                yield _sse(event)
+            if batch:
+                continue
+            job = await asyncio.to_thread(ctx.store.get_job, job_id)
+            if not follow or job is None or job.status in TERMINAL:
+                tail = await asyncio.to_thread(ctx.store.events_since, job_id, seq, 500)
+                for event in tail:
+                    yield _sse(event)
+                return
+            if await request.is_disconnected():
+                return
+            yield ": keep-alive\n\n"
+            await asyncio.sleep(0.5)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})

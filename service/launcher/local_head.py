@@ -1,0 +1,129 @@
+"""A single-node Ray head that the service starts, owns, and stops.
+
+Started as ``ray start --head --block`` in its own process group, so stopping it
+ends exactly the processes it started (``ray stop`` would end every Ray process
+on the machine, a test cluster or a colleague's too). Token authentication is
+on: the token is generated into the data directory, and drivers inherit it from
+the raylet's environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_token(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _temp_dir(data_path: Path) -> Path:
+    # Ray's unix sockets live under the temp dir, and socket paths are limited to
+    # ~107 bytes; a deep data dir gets a short, stable directory under /tmp.
+    candidate = data_path / "ray"
+    if len(str(candidate)) <= 40:
+        return candidate
+    digest = hashlib.sha1(str(data_path).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"regtune-ray-{digest}"
+
+
+class LocalRayHead:
+    def __init__(self, data_path: Path, *, num_cpus: int | None = None,
+                 num_gpus: int | None = None) -> None:
+        self.data_path = data_path
+        self.token_path = data_path / "ray_auth_token"
+        self.token = ensure_token(self.token_path)
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.temp_dir = _temp_dir(data_path)
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self.process: subprocess.Popen | None = None
+        self.log_path = data_path / "logs" / "ray-head.log"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+                "RAY_USAGE_STATS_ENABLED": "0"}
+
+    def command(self) -> list[str]:
+        ray_cli = str(Path(sys.executable).with_name("ray"))
+        if not Path(ray_cli).exists():
+            ray_cli = shutil.which("ray") or "ray"
+        cmd = [ray_cli, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+               "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
+               "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
+               "--temp-dir", str(self.temp_dir), "--disable-usage-stats"]
+        if self.num_cpus is not None:
+            cmd += ["--num-cpus", str(self.num_cpus)]
+        if self.num_gpus is not None:
+            cmd += ["--num-gpus", str(self.num_gpus)]
+        return cmd
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.command(), env=self.env(), stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        headers = {"Authorization": f"Bearer {self.token}"}
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited with {self.process.returncode}; "
+                                   f"see {self.log_path}")
+            try:
+                if httpx.get(f"{self.dashboard_url}/api/jobs/", headers=headers,
+                             timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the local Ray head did not come up in {timeout:.0f}s; "
+                           f"see {self.log_path}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        pgid = os.getpgid(process.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        # Whatever is left of the group (raylet, gcs, workers) goes too.
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

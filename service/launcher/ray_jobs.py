@@ -1,0 +1,84 @@
+"""The Ray Jobs API over plain HTTP: the API process never imports ray.
+
+The entrypoint is built here from a fixed module and the job id; the runtime
+environment carries only the service's own settings (store URLs), so the
+service is the one Jobs API client and users cannot reach runtime_env, pip,
+working_dir or the entrypoint.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import httpx
+
+from service.launcher.base import (JOB_ID, LaunchError, Launcher, LaunchStatus,
+                                   submission_id)
+
+DRIVER_MODULE = "workers.tune.driver"
+
+
+class RayJobsLauncher(Launcher):
+    def __init__(self, address: str, *, token: str | None, driver_python: str,
+                 driver_env: dict[str, str], timeout: float = 30.0) -> None:
+        address = address if "://" in address else f"http://{address}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=address.rstrip("/"), headers=headers, timeout=timeout)
+        self.driver_python = driver_python
+        self.driver_env = dict(driver_env)
+
+    def entrypoint(self, job_id: str) -> str:
+        if not JOB_ID.match(job_id):
+            raise ValueError(f"not a job id: {job_id!r}")
+        return f"{shlex.quote(self.driver_python)} -m {DRIVER_MODULE} --job-id {job_id}"
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise LaunchError(f"Ray Jobs API unreachable at {self.http.base_url}: {exc}") from exc
+        if response.status_code in (401, 403):
+            raise LaunchError(f"Ray Jobs API refused the service's token ({response.status_code})")
+        return response
+
+    def submit(self, job_id: str, attempt: int = 0) -> str:
+        sid = submission_id(job_id, attempt)
+        body = {"entrypoint": self.entrypoint(job_id), "submission_id": sid,
+                "runtime_env": {"env_vars": self.driver_env},
+                "entrypoint_num_cpus": 0,  # the driver only coordinates; trials hold the CPUs
+                "metadata": {"regtune_job_id": job_id}}
+        response = self._request("POST", "/api/jobs/", json=body)
+        if response.status_code >= 400:
+            raise LaunchError(f"Ray refused job {sid}: {response.status_code} {response.text[:500]}")
+        return sid
+
+    def stop(self, submission: str) -> None:
+        response = self._request("POST", f"/api/jobs/{submission}/stop")
+        if response.status_code >= 400 and response.status_code != 404:
+            raise LaunchError(f"Ray could not stop {submission}: {response.text[:500]}")
+
+    def status(self, submission: str) -> LaunchStatus:
+        response = self._request("GET", f"/api/jobs/{submission}")
+        if response.status_code == 404:
+            return LaunchStatus("UNKNOWN", "Ray does not know this job (cluster restarted?)")
+        if response.status_code >= 400:
+            raise LaunchError(f"Ray status of {submission}: {response.status_code}")
+        data = response.json()
+        return LaunchStatus(str(data.get("status", "UNKNOWN")), str(data.get("message") or ""))
+
+    def logs(self, submission: str) -> str:
+        response = self._request("GET", f"/api/jobs/{submission}/logs")
+        if response.status_code == 404:
+            return ""
+        if response.status_code >= 400:
+            raise LaunchError(f"Ray logs of {submission}: {response.status_code}")
+        return str(response.json().get("logs", ""))
+
+    def ping(self) -> bool:
+        try:
+            return self.http.get("/api/version", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self.http.close()

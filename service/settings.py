@@ -1,0 +1,113 @@
+"""Service and driver settings, from the environment, built lazily (never at import).
+
+The embedded default keeps everything under one data directory: the job store
+(SQLite), MLflow's store (SQLite) and artifacts, Tune's results, and the token
+of the local Ray head. The same code joins a team cluster through RAY_ADDRESS
+(the Ray Jobs API address), MLFLOW_TRACKING_URI and REGTUNE_DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REGTUNE_", extra="ignore")
+
+    data_dir: Path = Path(".regtune")
+    database_url: str | None = None
+    mlflow_tracking_uri: str | None = Field(
+        None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "REGTUNE_MLFLOW_TRACKING_URI"))
+    mlflow_artifact_root: str | None = None
+    #: The Ray Jobs API (dashboard) address, e.g. http://ray-head:8265. Unset: the
+    #: service starts and owns a local single-node Ray head.
+    ray_address: str | None = Field(None, validation_alias=AliasChoices("RAY_ADDRESS",
+                                                                        "REGTUNE_RAY_ADDRESS"))
+    ray_auth_token: str | None = Field(None, validation_alias=AliasChoices(
+        "RAY_AUTH_TOKEN", "REGTUNE_RAY_AUTH_TOKEN"))
+    ray_auth_token_path: Path | None = Field(None, validation_alias=AliasChoices(
+        "RAY_AUTH_TOKEN_PATH", "REGTUNE_RAY_AUTH_TOKEN_PATH"))
+    ray_num_cpus: int | None = None  # local head only; None = all cores
+    ray_num_gpus: int | None = None
+    #: Where Tune keeps trial results and checkpoints; on a cluster, storage every
+    #: node shares (a mounted volume or s3://...).
+    storage_path: str | None = None
+    #: Root under which user tables (task "table") are read.
+    data_root: Path | None = None
+    #: The interpreter that runs job drivers on the Ray head.
+    driver_python: str = sys.executable
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    auth: Literal["off", "required"] = "off"
+    max_running_jobs: int = Field(2, ge=1)
+    max_running_jobs_per_user: int = Field(1, ge=1)
+    max_trials_per_job: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    supervisor_interval_s: float = Field(1.0, gt=0)
+
+    # --- resolved values ----------------------------------------------------------
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_path / 'regtune.db'}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data_path / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str | None:
+        """Artifacts of experiments the drivers create; a tracking server picks its own."""
+        if self.mlflow_artifact_root:
+            return self.mlflow_artifact_root
+        if self.mlflow_uri.startswith(("http://", "https://")):
+            return None
+        return (self.data_path / "mlartifacts").as_uri()
+
+    @property
+    def results_path(self) -> str:
+        return self.storage_path or str(self.data_path / "ray_results")
+
+    @property
+    def table_root(self) -> Path:
+        return (self.data_root or self.data_path / "datasets").expanduser().resolve()
+
+    def loopback_only(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    def check(self) -> None:
+        """Refuse settings that would expose an unauthenticated API."""
+        if self.auth == "off" and not self.loopback_only():
+            raise ValueError(f"REGTUNE_AUTH=off is allowed only on a loopback address; the API "
+                             f"would listen on {self.host}. Set REGTUNE_AUTH=required.")
+
+    def driver_env(self) -> dict[str, str]:
+        """What a job's driver needs to reach the stores: the service's, never the user's."""
+        env = {"REGTUNE_DATABASE_URL": self.database, "MLFLOW_TRACKING_URI": self.mlflow_uri,
+               "REGTUNE_DATA_DIR": str(self.data_path), "REGTUNE_STORAGE_PATH": self.results_path,
+               "REGTUNE_DATA_ROOT": str(self.table_root), "PYTHONUNBUFFERED": "1"}
+        if self.artifact_root:
+            env["REGTUNE_MLFLOW_ARTIFACT_ROOT"] = self.artifact_root
+        return env
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

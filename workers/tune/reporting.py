@@ -1,0 +1,186 @@
+"""Tune callbacks that record trials: in MLflow and in regtune's job store.
+
+They run inside the driver, the single writer for a job: a trial never opens a
+database connection, which keeps trials cheap and keeps SQLite free of
+concurrent writers. MLflow gets one child run per trial (tagged with the
+parent run, the job id and the trial id), params = the trial's complete
+configuration, and metrics per epoch in one ``log_batch`` call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+from search_spaces import SearchSpec
+from search_spaces.catalog import METRICS
+from search_spaces.selection import better
+from workers.tune.space import trial_params
+
+log = logging.getLogger(__name__)
+
+PLACEMENT_KEYS = ("node_ip", "node_id", "hostname", "gpu_ids", "cuda_visible_devices")
+_BOOKKEEPING = ("epoch", "step", "reg_active")
+
+
+def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The metrics a trial reported (the catalogue's, plus step bookkeeping)."""
+    out = {}
+    for key in (*METRICS, *_BOOKKEEPING):
+        value = result.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+class MlflowTrialCallback(Callback):
+    """One MLflow child run per Tune trial, nested under the job's parent run."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                 job_id: str, spec: SearchSpec) -> None:
+        self.tracking_uri = tracking_uri
+        self._client: Any = None
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.job_id = job_id
+        self.spec = spec
+        self.run_ids: dict[str, str] = {}
+        self._placed: set[str] = set()
+
+    # Tune pickles its callbacks with the experiment state (for Tuner.restore):
+    # keep only the URI and build the client again after unpickling.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def run_for(self, trial: Any) -> str:
+        run_id = self.run_ids.get(trial.trial_id)
+        if run_id is None:
+            run_id = self._find_or_create(trial)
+            self.run_ids[trial.trial_id] = run_id
+        return run_id
+
+    def _find_or_create(self, trial: Any) -> str:
+        # A resumed driver finds the run it created before it died.
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`regtune.job_id` = '{self.job_id}' and "
+                          f"tags.`regtune.trial_id` = '{trial.trial_id}'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        tags = {"mlflow.parentRunId": self.parent_run_id, "regtune.job_id": self.job_id,
+                "regtune.trial_id": trial.trial_id, "mlflow.runName": str(trial.trial_id)}
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=str(trial.trial_id))
+        from mlflow.entities import Param
+
+        params = trial_params(self.spec, trial.config)
+        self.client.log_batch(run.info.run_id,
+                              params=[Param(k, str(v)) for k, v in sorted(params.items())])
+        return run.info.run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.run_for(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        run_id = self.run_for(trial)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in numeric_metrics(result).items()]
+        tags = []
+        if trial.trial_id not in self._placed:  # where it runs, once per (re)start
+            tags = [RunTag(f"regtune.{k}", str(result.get(k, ""))) for k in PLACEMENT_KEYS]
+            self._placed.add(trial.trial_id)
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+
+    def _finish(self, trial: Any, status: str) -> None:
+        run_id = self.run_for(trial)
+        self.client.set_terminated(run_id, status)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "FAILED")
+
+
+class StoreTrialCallback(Callback):
+    """Mirror trial state into the job store, which the API serves and streams."""
+
+    def __init__(self, database_url: str, job_id: str, spec: SearchSpec,
+                 mlflow_cb: MlflowTrialCallback | None = None) -> None:
+        self.database_url = database_url
+        self._store: Any = None
+        self.job_id = job_id
+        self.spec = spec
+        self.mlflow_cb = mlflow_cb
+        self.metric = spec.objective.metric
+        self.mode = spec.objective.direction
+        self.best: dict[str, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_store": None}
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from service.store import open_store
+
+            self._store = open_store(self.database_url)
+        return self._store
+
+    def _run_id(self, trial: Any) -> str | None:
+        return self.mlflow_cb.run_ids.get(trial.trial_id) if self.mlflow_cb else None
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        config = trial_params(self.spec, trial.config)
+        self.store.upsert_trial(self.job_id, trial.trial_id, status="running", config=config,
+                                mlflow_run_id=self._run_id(trial))
+        self.store.add_event(self.job_id, "trial_started",
+                             {"trial_id": trial.trial_id, "config": config})
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        metrics = numeric_metrics(result)
+        objective = metrics.get(self.metric)
+        fields: dict[str, Any] = dict(status="running", metrics=metrics,
+                                      iteration=int(result.get("training_iteration", 0)),
+                                      objective=objective, mlflow_run_id=self._run_id(trial))
+        if result.get("training_iteration") == 1:
+            fields.update(node=result.get("node_ip"),
+                          gpu_ids=[g for g in str(result.get("gpu_ids", "")).split(",") if g])
+        stored = self.store.upsert_trial(self.job_id, trial.trial_id, **fields)
+        self.store.add_event(self.job_id, "trial_result",
+                             {"trial_id": trial.trial_id, "iteration": fields["iteration"],
+                              "metrics": metrics})
+        if objective is not None and (self.best is None or better(
+                objective, self.best["metric"], self.mode)):
+            self.best = {"trial_id": trial.trial_id, "metric": objective, "metrics": metrics,
+                         "config": stored.config, "mlflow_run_id": stored.mlflow_run_id}
+            self.store.update_job(self.job_id, best=self.best)
+
+    def _finish(self, trial: Any, status: str, **payload: Any) -> None:
+        self.store.upsert_trial(self.job_id, trial.trial_id, status=status)
+        self.store.add_event(self.job_id, "trial_" + status,
+                             {"trial_id": trial.trial_id, **payload})
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        done = int((trial.last_result or {}).get("training_iteration", 0))
+        self._finish(trial, "completed" if done >= self.spec.train.epochs else "stopped",
+                     iterations=done)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "failed", error=str(getattr(trial, "error_msg", "") or "")[:2000])

@@ -1,0 +1,51 @@
+"""Trial schedulers (early stopping): a name -> a small factory.
+
+All count time in epochs (Tune's ``training_iteration``: one report per epoch),
+so ``grace_period`` in the spec means epochs everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from search_spaces import SearchSpec
+
+TIME_ATTR = "training_iteration"
+
+
+def _asha(spec: SearchSpec) -> Any:
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = spec.train.epochs
+    return ASHAScheduler(time_attr=TIME_ATTR, max_t=max_t,
+                         grace_period=min(spec.search.grace_period, max_t),
+                         reduction_factor=spec.search.reduction_factor)
+
+
+def _hyperband(spec: SearchSpec) -> Any:
+    from ray.tune.schedulers import HyperBandScheduler
+
+    return HyperBandScheduler(time_attr=TIME_ATTR, max_t=spec.train.epochs,
+                              reduction_factor=spec.search.reduction_factor)
+
+
+def _median(spec: SearchSpec) -> Any:
+    from ray.tune.schedulers import MedianStoppingRule
+
+    return MedianStoppingRule(time_attr=TIME_ATTR, grace_period=spec.search.grace_period,
+                              min_samples_required=3)
+
+
+def _none(spec: SearchSpec) -> Any:
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()
+
+
+SCHEDULERS: dict[str, Callable[[SearchSpec], Any]] = {
+    "asha": _asha, "hyperband": _hyperband, "median": _median, "none": _none,
+}
+
+
+def build_scheduler(spec: SearchSpec) -> Any:
+    return SCHEDULERS[spec.search.scheduler](spec)
