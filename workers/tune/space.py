@@ -33,24 +33,34 @@ def _suggest(trial: Any, name: str, param: Range | Choices) -> Any:
     return trial.suggest_float(name, param.low, param.high, log=param.log)
 
 
-def define_by_run(spec: SearchSpec, conditional: bool = True) -> Callable[[Any], dict[str, Any]]:
-    """Sample the searched parameters; return the constants so Tune records them too."""
-    searched = spec.searched()
-    # The loss is sampled first so the conditions can read it.
-    order = sorted(searched, key=lambda n: (n != "loss", n != "smooth_l1_weight", n))
-    constants = spec.constants()
+class DefineByRun:
+    """Sample the searched parameters; return the constants so Tune records them too.
 
-    def define(trial: Any) -> dict[str, Any]:
-        cfg: dict[str, Any] = dict(constants)
-        cfg.setdefault("loss", spec.objective.loss)
-        for name in order:
+    A class, not a closure: Tune pickles the searcher with its experiment state.
+    """
+
+    def __init__(self, spec: SearchSpec, conditional: bool = True) -> None:
+        self.searched = spec.searched()
+        self.constants = spec.constants()
+        self.default_loss = spec.objective.loss
+        self.conditional = conditional and "loss" in self.searched
+        # The loss is sampled first so the conditions can read it.
+        self.order = sorted(self.searched,
+                            key=lambda n: (n != "loss", n != "smooth_l1_weight", n))
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        cfg: dict[str, Any] = dict(self.constants)
+        cfg.setdefault("loss", self.default_loss)
+        for name in self.order:
             condition = CONDITIONS.get(name)
-            if conditional and "loss" in searched and condition and not condition(cfg):
+            if self.conditional and condition and not condition(cfg):
                 continue
-            cfg[name] = _suggest(trial, name, searched[name])
-        return constants
+            cfg[name] = _suggest(trial, name, self.searched[name])
+        return self.constants
 
-    return define
+
+def define_by_run(spec: SearchSpec, conditional: bool = True) -> DefineByRun:
+    return DefineByRun(spec, conditional)
 
 
 def trial_params(spec: SearchSpec, config: dict[str, Any]) -> dict[str, Any]:
