@@ -52,7 +52,7 @@ def _finite(value: Any) -> Any:
 
 def _json_default(value: Any) -> Any:
     """numpy scalars and arrays, which Ray and torch metrics often are."""
-    for attr in ("item", "tolist"):
+    for attr in ("tolist", "item"):
         convert = getattr(value, attr, None)
         if callable(convert):
             return _finite(convert())
