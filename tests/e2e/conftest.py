@@ -1,0 +1,107 @@
+"""The real service in a subprocess: real local Ray, real MLflow on SQLite, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from service.launcher.local_head import free_port
+
+HERE = Path(__file__).parent
+
+
+@dataclass
+class LiveService:
+    url: str
+    data_dir: Path
+    process: subprocess.Popen
+    probe: Path
+    http: httpx.Client
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.data_dir / 'mlflow.db'}"
+
+    def submit(self, spec: dict[str, Any] | str, **headers: str) -> httpx.Response:
+        if isinstance(spec, str):
+            return self.http.post("/v1/jobs", content=spec,
+                                  headers={"Content-Type": "application/yaml", **headers})
+        return self.http.post("/v1/jobs", json=spec, headers=headers)
+
+    def wait(self, job_id: str, until: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+             timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.http.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] in until:
+                return job
+            time.sleep(0.5)
+        raise AssertionError(f"job {job_id} not in {until} after {timeout}s: {job}")
+
+    def ray_dashboard(self) -> tuple[str, dict[str, str]]:
+        """The owned Ray head's Jobs/State API, found from its log and token file."""
+        log = (self.data_dir / "logs" / "ray-head.log").read_text()
+        port = re.findall(r"127\.0\.0\.1:(\d+)", log.split("dashboard at")[-1])[0]
+        token = (self.data_dir / "ray_auth_token").read_text().strip()
+        return f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
+
+
+def start_service(data_dir: Path, extra_env: dict[str, str] | None = None) -> LiveService:
+    port = free_port()
+    probe = data_dir / "probe.json"
+    env = {**os.environ, "REGTUNE_DATA_DIR": str(data_dir), "REGTUNE_PROBE_OUT": str(probe),
+           "REGTUNE_SUPERVISOR_INTERVAL_S": "0.5", "REGTUNE_RAY_NUM_CPUS": "2",
+           **(extra_env or {})}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir / "service.log", "wb")
+    process = subprocess.Popen([sys.executable, str(HERE / "serve_probe.py"), "--port", str(port),
+                                "--host", "127.0.0.1"], env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError((data_dir / "service.log").read_text()[-3000:])
+        try:
+            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                return LiveService(url, data_dir, process, probe,
+                                   httpx.Client(base_url=url, timeout=60))
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("service did not become ready: " +
+                       (data_dir / "service.log").read_text()[-3000:])
+
+
+def stop_service(service: LiveService) -> list[str]:
+    service.http.close()
+    service.process.send_signal(signal.SIGINT)
+    try:
+        service.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        service.process.kill()
+        raise
+    return json.loads(service.probe.read_text())
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    service = start_service(tmp_path_factory.mktemp("regtune-e2e"))
+    yield service
+    loaded = stop_service(service)
+    # The API process ran whole jobs and never imported torch, ray or the workers.
+    assert loaded == [], f"API process loaded {loaded}"
