@@ -20,6 +20,7 @@ Design choices and why:
 
 from __future__ import annotations
 
+import copy
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -193,8 +194,13 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue bit-identically from this epoch boundary."""
-        return {
+        """Everything needed to continue bit-identically from this epoch boundary.
+
+        A deep copy: ``model.state_dict()`` and the optimizer's buffers alias the
+        live tensors, so without it a snapshot kept in memory would silently
+        follow the training that continues after it.
+        """
+        return copy.deepcopy({
             "format": CHECKPOINT_FORMAT,
             "structure": self.setup.structure(),
             "epoch": self._epoch,
@@ -205,7 +211,7 @@ class Trainer:
             "rng_cuda": None if self._rng_cuda is None else self._rng_cuda.clone(),
             "order_rng": self._order.get_state(),
             "initial_norms": None if self._initial_norms is None else list(self._initial_norms),
-        }
+        })
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state``; the setup's hyperparameters apply from here on."""
