@@ -28,6 +28,11 @@ class LiveService:
     process: subprocess.Popen
     probe: Path
     http: httpx.Client
+    tokens: dict[str, str]
+
+    def as_user(self, name: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.tokens[name]}"} if name else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
     @property
     def mlflow_uri(self) -> str:
@@ -57,7 +62,21 @@ class LiveService:
         return f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
 
 
-def start_service(data_dir: Path, extra_env: dict[str, str] | None = None) -> LiveService:
+def regtune_cli(*args: str, env: dict[str, str]) -> str:
+    regtune = str(Path(sys.executable).with_name("regtune"))
+    out = subprocess.run([regtune, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def add_user(name: str, env: dict[str, str], admin: bool = False) -> str:
+    """`regtune users add`: the token is the last line of its output."""
+    output = regtune_cli("users", "add", name, *(["--admin"] if admin else []), env=env)
+    return output.strip().splitlines()[-1]
+
+
+def start_service(data_dir: Path, extra_env: dict[str, str] | None = None,
+                  users: dict[str, bool] | None = None) -> LiveService:
     port = free_port()
     probe = data_dir / "probe.json"
     env = {**os.environ, "REGTUNE_DATA_DIR": str(data_dir), "REGTUNE_PROBE_OUT": str(probe),
@@ -66,6 +85,7 @@ def start_service(data_dir: Path, extra_env: dict[str, str] | None = None) -> Li
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     data_dir.mkdir(parents=True, exist_ok=True)
+    tokens = {name: add_user(name, env, admin) for name, admin in (users or {}).items()}
     log = open(data_dir / "service.log", "wb")
     process = subprocess.Popen([sys.executable, str(HERE / "serve_probe.py"), "--port", str(port),
                                 "--host", "127.0.0.1"], env=env, stdout=log,
@@ -77,8 +97,11 @@ def start_service(data_dir: Path, extra_env: dict[str, str] | None = None) -> Li
             raise RuntimeError((data_dir / "service.log").read_text()[-3000:])
         try:
             if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                first = next(iter(tokens), None)
+                headers = {"Authorization": f"Bearer {tokens[first]}"} if first else {}
                 return LiveService(url, data_dir, process, probe,
-                                   httpx.Client(base_url=url, timeout=60))
+                                   httpx.Client(base_url=url, timeout=60, headers=headers),
+                                   tokens)
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
@@ -100,7 +123,10 @@ def stop_service(service: LiveService) -> list[str]:
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
-    service = start_service(tmp_path_factory.mktemp("regtune-e2e"))
+    # A team deployment: tokens required, users made with the real CLI. `http` is alice's.
+    service = start_service(tmp_path_factory.mktemp("regtune-e2e"),
+                            {"REGTUNE_AUTH": "required"},
+                            users={"alice": False, "bob": False, "carol": False, "root": True})
     yield service
     loaded = stop_service(service)
     # The API process ran whole jobs and never imported torch, ray or the workers.

@@ -1,0 +1,151 @@
+"""Alembic migrations on every backend: up, down, up again; and model == migrations."""
+
+from __future__ import annotations
+
+import threading
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from service.store import migrate
+from service.store.engine import make_engine
+from service.store.schema import (ALL_TABLES, VERSION_TABLE, include_object, is_regtune_table,
+                                  metadata)
+from service.store.sql import SqlJobStore
+
+REGTUNE_TABLES = {t.name for t in ALL_TABLES}
+
+
+def table_names(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def versions(url: str, table: str = VERSION_TABLE) -> list[str]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [r[0] for r in conn.execute(sa.text(f"SELECT version_num FROM {table}"))]
+    finally:
+        engine.dispose()
+
+
+def diff_against(url: str, target: sa.MetaData) -> list:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={
+                "compare_type": True, "include_object": include_object,
+                "version_table": VERSION_TABLE})
+            return compare_metadata(context, target)
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_downgrade_upgrade(fresh_url):
+    head = migrate.head_revision()
+    migrate.upgrade(fresh_url)
+    assert REGTUNE_TABLES <= table_names(fresh_url)
+    assert versions(fresh_url) == [head]
+
+    migrate.downgrade(fresh_url)
+    assert {t for t in table_names(fresh_url) if is_regtune_table(t)} <= {VERSION_TABLE}
+    assert versions(fresh_url) == []
+
+    migrate.upgrade(fresh_url)
+    assert versions(fresh_url) == [head]
+    with SqlJobStore(fresh_url) as store:  # usable, and opening again is a no-op
+        job, _ = store.create_job(name="after", owner="a", spec={}, num_trials=1)
+        assert store.add_event(job.id, "k").seq == 1
+    assert versions(fresh_url) == [head]
+
+
+def test_model_matches_migrations(fresh_url):
+    migrate.upgrade(fresh_url)
+    assert diff_against(fresh_url, metadata) == []
+    # The check can fail: a model with one more column differs from the migrated schema.
+    drifted = sa.MetaData()
+    for table in ALL_TABLES:
+        table.to_metadata(drifted)
+    drifted.tables["regtune_jobs"].append_column(sa.Column("priority", sa.Integer))
+    diff = diff_against(fresh_url, drifted)
+    assert [(d[0], d[3].name) for d in diff] == [("add_column", "priority")]
+
+
+def test_keeps_apart_from_mlflow_tables(fresh_url):
+    """A PostgreSQL database shared with MLflow: its tables and alembic_version survive."""
+    engine = make_engine(fresh_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+            conn.execute(sa.text("INSERT INTO alembic_version VALUES ('mlflow_head')"))
+            conn.execute(sa.text("CREATE TABLE experiments (experiment_id INTEGER, name TEXT)"))
+            conn.execute(sa.text("INSERT INTO experiments VALUES (0, 'Default')"))
+    finally:
+        engine.dispose()
+    migrate.upgrade(fresh_url)
+    assert diff_against(fresh_url, metadata) == []  # MLflow's tables are not "removed"
+    migrate.downgrade(fresh_url)
+    migrate.upgrade(fresh_url)
+    assert versions(fresh_url, "alembic_version") == ["mlflow_head"]
+    assert versions(fresh_url) == [migrate.head_revision()]
+    engine = make_engine(fresh_url)
+    try:
+        with engine.connect() as conn:
+            assert list(conn.execute(sa.text("SELECT * FROM experiments"))) == [(0, "Default")]
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_first_open(fresh_url):
+    """The API and the driver opening a fresh database at once both succeed."""
+    barrier, errors, stores = threading.Barrier(3), [], []
+
+    def open_one() -> None:
+        barrier.wait()
+        try:
+            stores.append(SqlJobStore(fresh_url))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for s in stores:
+        s.close()
+    assert errors == [] and len(stores) == 3
+    assert versions(fresh_url) == [migrate.head_revision()]
+
+
+def test_plain_alembic_command_and_cli(fresh_url):
+    """The packaged env also works through alembic.command with just a URL, and the CLI."""
+    command.upgrade(migrate.alembic_config(fresh_url), "head")
+    assert versions(fresh_url) == [migrate.head_revision()]
+    assert migrate.main(["downgrade", fresh_url]) == 0
+    assert versions(fresh_url) == []
+    assert migrate.main(["sideways", fresh_url]) == 2
+
+
+def test_open_without_migrate_leaves_database_empty(fresh_url):
+    with SqlJobStore(fresh_url, migrate=False):
+        pass
+    assert not {t for t in table_names(fresh_url) if is_regtune_table(t)}
+
+
+def test_current_revision(fresh_url):
+    engine = make_engine(fresh_url)
+    try:
+        with engine.connect() as conn:
+            assert migrate.current_revision(conn) is None
+        migrate.upgrade(fresh_url, "head")
+        with engine.connect() as conn:
+            assert migrate.current_revision(conn) == migrate.head_revision()
+    finally:
+        engine.dispose()
