@@ -8,11 +8,20 @@ jobs does not make a colleague's single job wait behind all of them.
 
 The round-robin counts jobs already running as rounds already taken: each slot
 goes to the eligible user with the fewest active (running or just-picked) jobs,
-ties broken by the age of the user's oldest queued job, and each user's jobs
-start in FIFO order. With nothing running this is exactly "one job per user per
-round, users in order of their oldest queued job"; with jobs running it keeps
-the rotation going across supervisor ticks instead of restarting it (a plain
-per-call round-robin would hand every single freed slot to the same oldest user).
+and each user's jobs start in FIFO order. With nothing running this is exactly
+"one job per user per round, users in order of their oldest queued job".
+
+Ties between users with equally many active jobs need memory. Seeing only the
+queue, a rule cannot rotate a single freed slot: when alice's only running job
+finishes she and bob both have none running, alice has the older backlog, and
+she would win that slot every time while bob starves. So ties go first to the
+user whose last job *start* is oldest (never-started users first), taken from
+the running jobs' ``started_at`` and from the optional ``last_started`` map
+(each user's latest start, finished jobs included: see
+``JobStore.last_started_by_owner``), and only then to the user with the oldest
+queued job. Without ``last_started`` the policy still holds both limits and is
+fair whenever the per-user limit is below the total; pass it to be
+starvation-free when one user can fill the cluster.
 
 It takes any objects with ``id``, ``owner`` and ``created_at`` (the store's
 :class:`~service.store.entities.Job` in practice) and returns the same objects.
@@ -21,9 +30,9 @@ It takes any objects with ``id``, ``owner`` and ``created_at`` (the store's
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 
 class Schedulable(Protocol):
@@ -56,17 +65,30 @@ def _check_limit(name: str, value: int) -> int:
 
 
 class _FairQueue:
-    """Per-user FIFO queues plus each user's active count; ``take`` hands out slots."""
+    """Per-user FIFO queues, active counts and service recency; ``take`` hands out slots."""
 
-    def __init__(self, queued: Sequence[J], running: Sequence[Schedulable]) -> None:
+    def __init__(self, queued: Sequence[J], running: Sequence[Schedulable],
+                 last_started: Mapping[str, datetime] | None) -> None:
         # Stable sort: jobs created in the same instant keep the caller's order.
         ordered = sorted(queued, key=lambda job: job.created_at)
         self.queues: dict[str, deque[J]] = {}
         for job in ordered:
             self.queues.setdefault(job.owner, deque()).append(job)
-        # Dict order is the order of each user's oldest queued job: the round order.
+        # Dict order is the order of each user's oldest queued job.
         self.rank = {owner: i for i, owner in enumerate(self.queues)}
         self.active: Counter[str] = Counter(job.owner for job in running)
+        # When each user was last served: (0,) never, (1, time) before this call,
+        # (2, n) by the n-th pick of this call. Older service wins a tie.
+        latest: dict[str, datetime] = dict(last_started or {})
+        for job in running:
+            started = getattr(job, "started_at", None)
+            if started is not None and (job.owner not in latest or started > latest[job.owner]):
+                latest[job.owner] = started
+        self.served: dict[str, tuple[Any, ...]] = {u: (1, t) for u, t in latest.items()}
+        self.picks = 0
+
+    def _key(self, user: str) -> tuple[Any, ...]:
+        return (self.active[user], self.served.get(user, (0,)), self.rank[user])
 
     def take(self, budget: int, per_user: int) -> list[J]:
         picked: list[J] = []
@@ -74,15 +96,18 @@ class _FairQueue:
             eligible = [u for u, q in self.queues.items() if q and self.active[u] < per_user]
             if not eligible:
                 break
-            user = min(eligible, key=lambda u: (self.active[u], self.rank[u]))
+            user = min(eligible, key=self._key)
             picked.append(self.queues[user].popleft())
             self.active[user] += 1
+            self.picks += 1
+            self.served[user] = (2, self.picks)
             budget -= 1
         return picked
 
 
 def pick_jobs_to_start(queued: Sequence[J], running: Sequence[Schedulable], *,
-                       max_running_total: int, max_running_per_user: int) -> list[J]:
+                       max_running_total: int, max_running_per_user: int,
+                       last_started: Mapping[str, datetime] | None = None) -> list[J]:
     """The queued jobs to start now, in start order, within both limits.
 
     If ``running`` already exceeds a limit (limits were lowered), nothing more
@@ -90,12 +115,13 @@ def pick_jobs_to_start(queued: Sequence[J], running: Sequence[Schedulable], *,
     """
     total = _check_limit("max_running_total", max_running_total)
     per_user = _check_limit("max_running_per_user", max_running_per_user)
-    return _FairQueue(queued, running).take(total - len(running), per_user)
+    return _FairQueue(queued, running, last_started).take(total - len(running), per_user)
 
 
 def queue_positions(queued: Sequence[Schedulable], running: Sequence[Schedulable],
                     limits: HasLimits | None = None, *, max_running_total: int | None = None,
-                    max_running_per_user: int | None = None) -> dict[str, int]:
+                    max_running_per_user: int | None = None,
+                    last_started: Mapping[str, datetime] | None = None) -> dict[str, int]:
     """Each queued job's 1-based place in the order the fair policy would start them.
 
     Limits come from ``limits`` (anything with ``max_running_total`` and
@@ -113,7 +139,7 @@ def queue_positions(queued: Sequence[Schedulable], running: Sequence[Schedulable
         raise TypeError("pass limits or both max_running_total and max_running_per_user")
     total = _check_limit("max_running_total", max_running_total)
     per_user = _check_limit("max_running_per_user", max_running_per_user)
-    fair = _FairQueue(queued, running)
+    fair = _FairQueue(queued, running, last_started)
     order = fair.take(total - len(running), per_user)
     order += fair.take(_UNLIMITED, _UNLIMITED)
     return {job.id: i for i, job in enumerate(order, start=1)}

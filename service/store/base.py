@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from service.store.entities import Event, Job, Trial, User
@@ -147,6 +148,20 @@ class JobStore(ABC):
     @abstractmethod
     def count_jobs_by_status(self) -> dict[str, int]:
         """Number of jobs per status; every status is a key, zeros included."""
+
+    def last_started_by_owner(self) -> dict[str, datetime]:
+        """Each owner's latest ``started_at``, finished jobs included.
+
+        The scheduler's memory of whom it served last (see
+        :func:`service.scheduling.pick_jobs_to_start`). This default reads every
+        job; implementations answer it with one aggregate query.
+        """
+        latest: dict[str, datetime] = {}
+        for job in self.list_jobs(limit=None):
+            if job.started_at is not None and (job.owner not in latest
+                                               or job.started_at > latest[job.owner]):
+                latest[job.owner] = job.started_at
+        return latest
 
     # --- trials -------------------------------------------------------------------
 

@@ -18,14 +18,13 @@ The schema is created and upgraded by Alembic when the store opens.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Row, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import IntegrityError
 
 from service.auth import generate_token, hash_token, token_prefix
@@ -34,88 +33,9 @@ from service.store.base import (JOB_UPDATABLE, TRIAL_FIELDS, Conflict, JobStore,
                                 StoreError)
 from service.store.engine import BEGIN_OPTION, make_engine
 from service.store.migrate import upgrade_connection
+from service.store.rows import (check_fields, check_name, new_job_id, statuses, to_event, to_job,
+                                to_trial, to_user, trial_values)
 from service.store.schema import events, jobs, tokens, trials, users
-
-JOB_ID_HEX = 12
-MAX_NAME = 100
-
-
-def new_job_id() -> str:
-    """12 hex characters of a uuid4: short enough to type, 48 random bits."""
-    return uuid.uuid4().hex[:JOB_ID_HEX]
-
-
-def _check_name(name: str, what: str) -> None:
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
-        raise ValueError(f"{what} must be a non-empty string of at most {MAX_NAME} characters")
-
-
-def _check_fields(fields: dict[str, Any], allowed: frozenset[str], hint: str = "") -> None:
-    unknown = sorted(set(fields) - allowed)
-    if unknown:
-        raise TypeError(f"cannot set {', '.join(unknown)}{hint}; allowed: {sorted(allowed)}")
-    for key, value in fields.items():
-        if key.endswith("_at") and value is not None and (
-                not isinstance(value, datetime) or value.tzinfo is None):
-            raise ValueError(f"{key} must be an aware datetime, got {value!r}")
-
-
-def _statuses(value: str | Iterable[str], known: tuple[str, ...]) -> set[str]:
-    out = {value} if isinstance(value, str) else set(value)
-    bad = out - set(known)
-    if bad:
-        raise ValueError(f"unknown status {sorted(bad)}; known: {list(known)}")
-    return out
-
-
-def _trial_values(fields: dict[str, Any]) -> dict[str, Any]:
-    """Validate and coerce trial fields (numpy scalars from Ray included)."""
-    values = dict(fields)
-    if "status" in values:
-        _statuses(values["status"], e.TRIAL_STATUSES)
-    if values.get("objective") is not None:
-        values["objective"] = float(values["objective"])
-    if "iteration" in values:
-        values["iteration"] = int(values["iteration"] or 0)
-    for key in ("config", "metrics"):
-        if key in values:
-            values[key] = dict(values[key] or {})
-    if "gpu_ids" in values:
-        values["gpu_ids"] = list(values["gpu_ids"] or [])
-    return values
-
-
-def _user(row: Row[Any]) -> e.User:
-    m = row._mapping
-    return e.User(id=m["id"], name=m["name"], admin=bool(m["admin"]),
-                  created_at=m["created_at"], revoked=bool(m["revoked"]))
-
-
-def _job(row: Row[Any]) -> e.Job:
-    m = row._mapping
-    return e.Job(
-        id=m["id"], name=m["name"], owner=m["owner"], status=m["status"], spec=m["spec"],
-        created_at=m["created_at"], num_trials=m["num_trials"], started_at=m["started_at"],
-        finished_at=m["finished_at"], ray_submission_id=m["ray_submission_id"],
-        mlflow_experiment_id=m["mlflow_experiment_id"],
-        mlflow_parent_run_id=m["mlflow_parent_run_id"], error=m["error"],
-        idempotency_key=m["idempotency_key"], best=m["best"])
-
-
-def _trial(row: Row[Any]) -> e.Trial:
-    m = row._mapping
-    return e.Trial(
-        job_id=m["job_id"], trial_id=m["trial_id"], index=m["trial_index"], status=m["status"],
-        config=m["config"], metrics=m["metrics"], iteration=m["iteration"],
-        objective=m["objective"], mlflow_run_id=m["mlflow_run_id"], node=m["node"],
-        gpu_ids=m["gpu_ids"], created_at=m["created_at"], updated_at=m["updated_at"])
-
-
-def _event(row: Row[Any]) -> e.Event:
-    m = row._mapping
-    return e.Event(job_id=m["job_id"], seq=m["seq"], kind=m["kind"], payload=m["payload"],
-                   created_at=m["created_at"])
-
 
 class SqlJobStore(JobStore):
     """A :class:`JobStore` on any SQLAlchemy URL regtune supports (SQLite, PostgreSQL).
@@ -158,7 +78,7 @@ class SqlJobStore(JobStore):
     # --- users and tokens ------------------------------------------------------------
 
     def create_user(self, name: str, admin: bool = False) -> tuple[e.User, str]:
-        _check_name(name, "user name")
+        check_name(name, "user name")
         token, now = generate_token(), e.utcnow()
         try:
             with self._write() as conn:
@@ -168,7 +88,7 @@ class SqlJobStore(JobStore):
                 self._insert_token(conn, row.id, token, now)
         except IntegrityError as exc:
             raise Conflict(f"user {name!r} already exists") from exc
-        return _user(row), token
+        return to_user(row), token
 
     @staticmethod
     def _insert_token(conn: Connection, user_id: int, token: str, now: datetime) -> None:
@@ -194,11 +114,11 @@ class SqlJobStore(JobStore):
                         users.c.revoked.is_(False)))
         with self._read() as conn:
             row = conn.execute(query).first()
-        return _user(row) if row is not None else None
+        return to_user(row) if row is not None else None
 
     def list_users(self) -> list[e.User]:
         with self._read() as conn:
-            return [_user(r) for r in conn.execute(sa.select(*users.c).order_by(users.c.id))]
+            return [to_user(r) for r in conn.execute(sa.select(*users.c).order_by(users.c.id))]
 
     def revoke_user(self, name: str) -> bool:
         now = e.utcnow()
@@ -218,13 +138,13 @@ class SqlJobStore(JobStore):
     def _job_by_key(self, conn: Connection, owner: str, key: str) -> e.Job | None:
         row = conn.execute(sa.select(*jobs.c).where(jobs.c.owner == owner,
                                                     jobs.c.idempotency_key == key)).first()
-        return _job(row) if row is not None else None
+        return to_job(row) if row is not None else None
 
     def create_job(self, *, name: str, owner: str, spec: dict[str, Any], num_trials: int,
                    idempotency_key: str | None = None) -> tuple[e.Job, bool]:
         if not isinstance(name, str) or not name:
             raise ValueError("job name must be a non-empty string")
-        _check_name(owner, "owner")
+        check_name(owner, "owner")
         if not isinstance(spec, dict):
             raise ValueError("spec must be a dict")
         if int(num_trials) < 0:
@@ -241,7 +161,7 @@ class SqlJobStore(JobStore):
                         num_trials=int(num_trials), created_at=e.utcnow(),
                         idempotency_key=idempotency_key, event_seq=0, trial_count=0,
                     ).returning(*jobs.c)).one()
-                    return _job(row), True
+                    return to_job(row), True
             except IntegrityError:
                 # Either a concurrent request with the same key won (PostgreSQL, where
                 # the existence check does not lock), or the random id collided.
@@ -255,7 +175,7 @@ class SqlJobStore(JobStore):
     def get_job(self, job_id: str) -> e.Job | None:
         with self._read() as conn:
             row = conn.execute(sa.select(*jobs.c).where(jobs.c.id == job_id)).first()
-        return _job(row) if row is not None else None
+        return to_job(row) if row is not None else None
 
     def list_jobs(self, *, owner: str | None = None, status: str | Iterable[str] | None = None,
                   limit: int | None = 100, offset: int = 0) -> list[e.Job]:
@@ -265,12 +185,12 @@ class SqlJobStore(JobStore):
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
         if status is not None:
-            query = query.where(jobs.c.status.in_(_statuses(status, e.JOB_STATUSES)))
+            query = query.where(jobs.c.status.in_(statuses(status, e.JOB_STATUSES)))
         with self._read() as conn:
-            return [_job(r) for r in conn.execute(query)]
+            return [to_job(r) for r in conn.execute(query)]
 
     def update_job(self, job_id: str, **fields: Any) -> e.Job:
-        _check_fields(fields, JOB_UPDATABLE, " with update_job (status: use transition())")
+        check_fields(fields, JOB_UPDATABLE, " with update_job (status: use transition())")
         with self._write() as conn:
             if fields:
                 row = conn.execute(jobs.update().where(jobs.c.id == job_id).values(**fields)
@@ -279,13 +199,13 @@ class SqlJobStore(JobStore):
                 row = conn.execute(sa.select(*jobs.c).where(jobs.c.id == job_id)).first()
         if row is None:
             raise NotFound(f"no job {job_id!r}")
-        return _job(row)
+        return to_job(row)
 
     def transition(self, job_id: str, *, from_statuses: Iterable[str], to: str,
                    **fields: Any) -> bool:
-        sources = _statuses(from_statuses, e.JOB_STATUSES)
-        _statuses(to, e.JOB_STATUSES)
-        _check_fields(fields, JOB_UPDATABLE)
+        sources = statuses(from_statuses, e.JOB_STATUSES)
+        statuses(to, e.JOB_STATUSES)
+        check_fields(fields, JOB_UPDATABLE)
         now, values = e.utcnow(), dict(fields, status=to)
         if to == e.RUNNING:
             values.setdefault("started_at", now)
@@ -305,7 +225,7 @@ class SqlJobStore(JobStore):
     def queued_jobs(self) -> list[e.Job]:
         query = sa.select(*jobs.c).where(jobs.c.status == e.QUEUED).order_by(jobs.c.pk)
         with self._read() as conn:
-            return [_job(r) for r in conn.execute(query)]
+            return [to_job(r) for r in conn.execute(query)]
 
     def count_jobs_by_status(self) -> dict[str, int]:
         counts = dict.fromkeys(e.JOB_STATUSES, 0)
@@ -314,11 +234,17 @@ class SqlJobStore(JobStore):
             counts.update({status: n for status, n in conn.execute(query)})
         return counts
 
+    def last_started_by_owner(self) -> dict[str, datetime]:
+        query = (sa.select(jobs.c.owner, sa.func.max(jobs.c.started_at))
+                 .where(jobs.c.started_at.is_not(None)).group_by(jobs.c.owner))
+        with self._read() as conn:
+            return {owner: started for owner, started in conn.execute(query)}
+
     # --- trials ---------------------------------------------------------------------------
 
     def upsert_trial(self, job_id: str, trial_id: str, **fields: Any) -> e.Trial:
-        _check_fields(fields, TRIAL_FIELDS)
-        values, now = _trial_values(fields), e.utcnow()
+        check_fields(fields, TRIAL_FIELDS)
+        values, now = trial_values(fields), e.utcnow()
         key = (trials.c.job_id == job_id, trials.c.trial_id == trial_id)
         with self._write() as conn:
             # The hot path (a report for a known trial) touches only the trial row,
@@ -326,7 +252,7 @@ class SqlJobStore(JobStore):
             row = conn.execute(trials.update().where(*key).values(**values, updated_at=now)
                                .returning(*trials.c)).first()
             if row is not None:
-                return _trial(row)
+                return to_trial(row)
             # New trial: lock the job row, so concurrent inserts get distinct indexes.
             index = conn.execute(sa.select(jobs.c.trial_count).where(jobs.c.id == job_id)
                                  .with_for_update()).scalar_one_or_none()
@@ -335,7 +261,7 @@ class SqlJobStore(JobStore):
             row = conn.execute(trials.update().where(*key).values(**values, updated_at=now)
                                .returning(*trials.c)).first()
             if row is not None:  # inserted by someone else while we waited for the lock
-                return _trial(row)
+                return to_trial(row)
             conn.execute(jobs.update().where(jobs.c.id == job_id)
                          .values(trial_count=index + 1))
             defaults: dict[str, Any] = {"status": e.TRIAL_PENDING, "config": {}, "metrics": {},
@@ -343,20 +269,20 @@ class SqlJobStore(JobStore):
             row = conn.execute(trials.insert().values(
                 **{**defaults, **values}, job_id=job_id, trial_id=trial_id, trial_index=index,
                 created_at=now, updated_at=now).returning(*trials.c)).one()
-            return _trial(row)
+            return to_trial(row)
 
     def get_trial(self, job_id: str, trial_id: str) -> e.Trial | None:
         query = sa.select(*trials.c).where(trials.c.job_id == job_id,
                                            trials.c.trial_id == trial_id)
         with self._read() as conn:
             row = conn.execute(query).first()
-        return _trial(row) if row is not None else None
+        return to_trial(row) if row is not None else None
 
     def list_trials(self, job_id: str) -> list[e.Trial]:
         query = (sa.select(*trials.c).where(trials.c.job_id == job_id)
                  .order_by(trials.c.trial_index))
         with self._read() as conn:
-            return [_trial(r) for r in conn.execute(query)]
+            return [to_trial(r) for r in conn.execute(query)]
 
     def count_trials_by_status(self, job_id: str | None = None) -> dict[str, int]:
         counts = dict.fromkeys(e.TRIAL_STATUSES, 0)
@@ -385,7 +311,7 @@ class SqlJobStore(JobStore):
             row = conn.execute(events.insert().values(
                 job_id=job_id, seq=seq, kind=kind, payload=body, created_at=now,
             ).returning(*events.c)).one()
-        return _event(row)
+        return to_event(row)
 
     def events_since(self, job_id: str, after_seq: int = 0, limit: int = 500) -> list[e.Event]:
         if limit < 0:
@@ -393,4 +319,4 @@ class SqlJobStore(JobStore):
         query = (sa.select(*events.c).where(events.c.job_id == job_id, events.c.seq > after_seq)
                  .order_by(events.c.seq).limit(limit))
         with self._read() as conn:
-            return [_event(r) for r in conn.execute(query)]
+            return [to_event(r) for r in conn.execute(query)]

@@ -15,17 +15,9 @@ from typing import Any
 from alembic import context
 
 from service.store.engine import make_engine
-from service.store.schema import VERSION_TABLE, is_regtune_table, metadata
+from service.store.schema import VERSION_TABLE, include_object, metadata
 
 config = context.config
-
-
-def include_object(obj: Any, name: str | None, type_: str, reflected: bool,
-                   compare_to: Any) -> bool:
-    if type_ == "table":
-        return is_regtune_table(name)
-    table = getattr(obj, "table", None)
-    return table is None or is_regtune_table(table.name)
 
 
 def configure_options() -> dict[str, Any]:

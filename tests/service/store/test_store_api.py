@@ -204,6 +204,18 @@ class TestJobs:
         store.transition(jobs[1].id, from_statuses={"queued"}, to="running")
         assert [j.id for j in store.queued_jobs()] == [jobs[0].id, jobs[2].id, jobs[3].id]
 
+    def test_last_started_by_owner(self, store):
+        assert store.last_started_by_owner() == {}
+        a1, a2, b1 = make_job(store, owner="alice"), make_job(store, owner="alice"), \
+            make_job(store, owner="bob")
+        make_job(store, owner="carol")  # never started: absent
+        t1, t2, t3 = (datetime(2025, 1, d, tzinfo=timezone.utc) for d in (1, 2, 3))
+        store.transition(a2.id, from_statuses={"queued"}, to="running", started_at=t2)
+        store.transition(a2.id, from_statuses={"running"}, to="succeeded")  # finished counts
+        store.transition(a1.id, from_statuses={"queued"}, to="running", started_at=t1)
+        store.transition(b1.id, from_statuses={"queued"}, to="running", started_at=t3)
+        assert store.last_started_by_owner() == {"alice": t2, "bob": t3}
+
     def test_count_jobs_by_status(self, store):
         assert store.count_jobs_by_status() == dict.fromkeys(JOB_STATUSES, 0)
         jobs = [make_job(store) for _ in range(4)]
