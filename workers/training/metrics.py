@@ -55,6 +55,10 @@ def expected_calibration_error(probs: Tensor, target: Tensor, n_bins: int = ECE_
     """ECE of the top-class confidence, equal-width bins, bin b = (b/n, (b+1)/n]."""
     probs = probs.double()
     confidence, pred = probs.max(dim=-1)
+    if not bool(torch.isfinite(confidence).all()):
+        # A diverged model: report NaN (the searcher's problem to rank), don't crash
+        # the trial in bincount on a NaN-derived index.
+        return math.nan
     correct = (pred == target).double()
     # ceil(c·n) − 1 puts c in (b/n, (b+1)/n]; c = 0 cannot occur for a max of a
     # softmax over K ≥ 1 classes, but is clamped into the first bin regardless.

@@ -105,3 +105,9 @@ def test_weight_metrics() -> None:
     rel = M.weight_metrics(ws, (15.001, out["weight_l2"] * 4))
     assert rel["weight_l1_rel"] == pytest.approx(0.5) and rel["weight_l2_rel"] == pytest.approx(0.25)
     assert M.weight_metrics(ws, (0.0, 0.0))["weight_l1_rel"] == 1.0
+
+
+def test_diverged_logits_give_nan_not_an_exception() -> None:
+    out = M.classification_metrics(torch.full((4, 3), float("nan")), torch.tensor([0, 1, 2, 0]), 3)
+    assert math.isnan(out["val_ece"])
+    assert set(out) == {"val_accuracy", "val_precision", "val_recall", "val_f1", "val_ece"}

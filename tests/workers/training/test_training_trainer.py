@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,15 @@ def test_other_models_train_on_digits(make_setup, cpu, model) -> None:
     setup = make_setup(model={"name": model, "channels": [16, 32]},
                        train={"epochs": 2, "batch_size": 64, "lr": 0.1})
     assert _run(Trainer(setup, cpu))[-1]["val_accuracy"] > 0.8
+
+
+@pytest.mark.parametrize("sections", [CLS, REG])
+def test_diverging_trial_reports_instead_of_crashing(make_setup, cpu, sections) -> None:
+    train = {**sections.get("train", {"epochs": 4, "batch_size": 128}), "lr": 1e6}
+    m = _run(Trainer(make_setup(**{**sections, "train": train}), cpu))[-1]
+    objective = "val_accuracy" if sections is CLS else "val_rmse"
+    assert m["epoch"] == 4 and objective in m
+    assert not math.isfinite(m["train_loss"]) or m["train_loss"] > 1e3
 
 
 def test_same_setup_same_metrics_even_interleaved(make_setup, cpu) -> None:
