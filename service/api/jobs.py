@@ -11,26 +11,26 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from search_spaces import SearchSpec, load_spec
 from service.api.deps import Context, context, principal
-from service.api.schemas import BestView, JobView, TrialView
+from service.api.schemas import BestView, JobView, TrialView, error_responses
 from service.auth import Principal
 from service.errors import ApiError
 from service.jobs import ConflictError, Forbidden, NotFoundError, TooManyTrials
 from service.launcher import LaunchError
 from service.store.entities import JOB_STATUSES, TERMINAL
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
+                   responses=error_responses(401, 404, 405, 422))
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="12 hex characters")]
 Ctx = Annotated[Context, Depends(context)]
 Who = Annotated[Principal, Depends(principal)]
 
+_SPEC_SCHEMA = SearchSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+# YAML is another spelling of the same document, so it is described by the same schema.
 _SPEC_BODY = {
     "requestBody": {
         "required": True,
-        "content": {
-            "application/json": {"schema": SearchSpec.model_json_schema(
-                ref_template="#/components/schemas/{model}")},
-            "application/yaml": {"schema": {"type": "string"}},
-        },
+        "content": {"application/json": {"schema": _SPEC_SCHEMA},
+                    "application/yaml": {"schema": _SPEC_SCHEMA}},
     }
 }
 
@@ -57,7 +57,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 @router.post("", status_code=201, response_model=JobView, openapi_extra=_SPEC_BODY,
-             responses={422: {"description": "invalid spec; the error names the field"}})
+             responses={200: {"model": JobView, "description": "the job this Idempotency-Key "
+                                                               "already created"},
+                        **error_responses(413)})
 async def submit(request: Request, response: Response, ctx: Ctx, who: Who,
                  idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> Any:
     """Submit a search spec (JSON, or YAML with Content-Type application/yaml)."""
@@ -96,8 +98,7 @@ def trials(job_id: JobId, ctx: Ctx, who: Who) -> Any:
     return [TrialView.of(t) for t in ctx.store.list_trials(job_id)]
 
 
-@router.get("/{job_id}/best", response_model=BestView,
-            responses={404: {"description": "unknown job, or no trial has reported yet"}})
+@router.get("/{job_id}/best", response_model=BestView)
 def best(job_id: JobId, ctx: Ctx, who: Who) -> Any:
     payload = ctx.jobs.best(_job(ctx, job_id))
     if payload is None:
@@ -106,7 +107,7 @@ def best(job_id: JobId, ctx: Ctx, who: Who) -> Any:
     return payload
 
 
-@router.post("/{job_id}/cancel", response_model=JobView)
+@router.post("/{job_id}/cancel", response_model=JobView, responses=error_responses(403, 409))
 def cancel(job_id: JobId, ctx: Ctx, who: Who) -> Any:
     try:
         job = ctx.jobs.cancel(job_id, who)
@@ -119,13 +120,18 @@ def cancel(job_id: JobId, ctx: Ctx, who: Who) -> Any:
     return ctx.jobs.view(job)
 
 
-@router.get("/{job_id}/logs", response_class=PlainTextResponse)
-def logs(job_id: JobId, ctx: Ctx, who: Who) -> str:
+_TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+@router.get("/{job_id}/logs", response_class=Response,
+            responses={200: {**_TEXT, "description": "the driver's log"},
+                       **error_responses(503)})
+def logs(job_id: JobId, ctx: Ctx, who: Who) -> Response:
     job = _job(ctx, job_id)
     if not job.ray_submission_id:
-        return ""
+        return PlainTextResponse("")
     try:
-        return ctx.launcher.logs(job.ray_submission_id)
+        return PlainTextResponse(ctx.launcher.logs(job.ray_submission_id))
     except LaunchError as exc:
         raise ApiError(503, f"the cluster did not answer: {exc}")
 
@@ -136,8 +142,9 @@ def _sse(event: Any) -> str:
     return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+@router.get("/{job_id}/events", response_class=Response,
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                             "description": "Server-Sent Events"}})
 async def events(job_id: JobId, request: Request, ctx: Ctx, who: Who,
                  after: Annotated[int, Query(ge=0)] = 0,
                  last_event_id: Annotated[str | None, Header(max_length=20)] = None,

@@ -74,7 +74,7 @@ def _mlflow_ok(uri: str) -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {exc}"[:300]
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "a dependency is down (same body)"}})
 def readyz(response: Response, ctx: Context = Depends(context)) -> dict[str, Any]:
     """Ready: the job store, the Ray Jobs API and MLflow all answer."""
     checks: dict[str, Any] = {}

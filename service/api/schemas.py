@@ -8,6 +8,30 @@ from typing import Any
 from pydantic import BaseModel
 
 
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    message: str
+    fields: list[FieldProblem]
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error response."""
+
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {401: "no valid token", 403: "not allowed", 404: "not found", 405: "wrong method",
+            409: "conflicts with the job's state", 413: "body too large",
+            422: "invalid input; the error names the field", 503: "a dependency is down"}
+    return {code: {"model": ErrorBody, "description": text.get(code, "error")} for code in codes}
+
+
 class TrialCounts(BaseModel):
     total: int  # trials the job will run
     reported: int  # trials that have started and been recorded

@@ -1,0 +1,149 @@
+"""Handlers over a real store: status codes, error shape, idempotency, fairness, limits."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from service.jobs import JobService
+from tests.service.api.conftest import SMALL
+
+
+def test_submit_returns_201_location_and_queued_job(client, launcher) -> None:
+    response = client.post("/v1/jobs", json=SMALL)
+    assert response.status_code == 201
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["owner"] == "local"
+    assert job["trials"]["total"] == 3 and job["queue_position"] == 1
+    assert launcher.submitted == []  # the supervisor launches, not the handler
+
+
+def test_yaml_body_with_yaml_content_type(client) -> None:
+    response = client.post("/v1/jobs", content=yaml.safe_dump(SMALL),
+                           headers={"Content-Type": "application/yaml"})
+    assert response.status_code == 201, response.text
+    assert response.json()["spec"]["space"]["reg_lambda"]["log"] is True
+
+
+def test_invalid_spec_is_422_naming_the_field_and_stores_nothing(client, launcher) -> None:
+    bad = {**SMALL, "space": {"focal_gamma": -1}}
+    response = client.post("/v1/jobs", json=bad)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["status"] == 422 and "space.focal_gamma" in error["message"]
+    assert [f["field"] for f in error["fields"]] == ["space.focal_gamma"]
+    assert client.get("/v1/jobs").json() == [] and launcher.submitted == []
+
+
+def test_body_too_large_is_413(client) -> None:
+    big = json.dumps({**SMALL, "name": "x"}) + " " * 70_000
+    response = client.post("/v1/jobs", content=big, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"]["fields"][0]["field"] == "body"
+
+
+def test_too_many_trials_for_this_service_is_422(client_for) -> None:
+    client = client_for(max_trials_per_job=2)
+    response = client.post("/v1/jobs", json=SMALL)
+    assert response.status_code == 422
+    assert response.json()["error"]["fields"][0]["field"] == "search.num_trials"
+
+
+def test_idempotency_key_returns_the_same_job(client) -> None:
+    first = client.post("/v1/jobs", json=SMALL, headers={"Idempotency-Key": "abc"})
+    second = client.post("/v1/jobs", json=SMALL, headers={"Idempotency-Key": "abc"})
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert first.json()["id"] == second.json()["id"]
+    assert len(client.get("/v1/jobs").json()) == 1
+
+
+def test_unknown_and_malformed_job_ids(client) -> None:
+    assert client.get("/v1/jobs/0123456789ab").status_code == 404
+    malformed = client.get("/v1/jobs/../etc")
+    assert malformed.status_code in (404, 422)
+    response = client.get("/v1/jobs/NOT-AN-ID")
+    assert response.status_code == 422
+    assert response.json()["error"]["fields"][0]["field"] == "path.job_id"
+
+
+def test_best_is_404_until_a_trial_reports_then_best_with_earliest_tie(client) -> None:
+    job = client.post("/v1/jobs", json=SMALL).json()
+    assert client.get(f"/v1/jobs/{job['id']}/best").status_code == 404
+    store = client.app.state.ctx.store
+    for trial_id, value in (("t1", 0.5), ("t2", 0.9), ("t3", 0.9)):
+        store.upsert_trial(job["id"], trial_id, status="completed", config={"reg_lambda": 1},
+                           metrics={"val_accuracy": value}, objective=value, iteration=2)
+    best = client.get(f"/v1/jobs/{job['id']}/best").json()
+    assert best["trial_id"] == "t2" and best["metric"] == 0.9
+
+
+def test_three_users_get_slots_round_robin(client_for, launcher) -> None:
+    client = client_for(max_running_jobs=3, max_running_jobs_per_user=2)
+    ctx = client.app.state.ctx
+    jobs: JobService = ctx.jobs
+    from service.auth import Principal
+    from search_spaces import validate_spec
+
+    spec = validate_spec(SMALL)
+    order = []
+    for user in ("ann", "ann", "ann", "ben", "ben", "cat"):
+        job, _ = jobs.submit(spec, Principal(name=user, admin=False))
+        order.append((user, job.id))
+    jobs.tick()
+    owners = [ctx.store.get_job(j).owner for j in launcher.submitted]
+    assert owners == ["ann", "ben", "cat"]  # one per user before anyone gets a second
+    listed = {j["id"]: j for j in client.get("/v1/jobs").json()}
+    queued = sorted((j["queue_position"], j["owner"]) for j in listed.values()
+                    if j["status"] == "queued")
+    assert [p for p, _ in queued] == [1, 2, 3]
+    assert queued[0][1] in ("ann", "ben")
+
+
+def test_cancel_queued_job_never_launches_and_is_idempotent(client, launcher) -> None:
+    job = client.post("/v1/jobs", json=SMALL).json()
+    first = client.post(f"/v1/jobs/{job['id']}/cancel")
+    second = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert first.json()["status"] == second.json()["status"] == "cancelled"
+    client.app.state.ctx.jobs.tick()
+    assert launcher.submitted == []
+
+
+def test_cancel_running_job_stops_its_driver(client, launcher) -> None:
+    job = client.post("/v1/jobs", json=SMALL).json()
+    client.app.state.ctx.jobs.tick()
+    assert launcher.submitted == [job["id"]]
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    assert launcher.stopped == [f"regtune-{job['id']}"]
+
+
+def test_driver_that_dies_silently_marks_the_job_failed(client, launcher) -> None:
+    job = client.post("/v1/jobs", json=SMALL).json()
+    jobs = client.app.state.ctx.jobs
+    jobs.tick()
+    launcher.stopped.append(f"regtune-{job['id']}")  # Ray says STOPPED, nobody reported
+    jobs.tick()
+    body = client.get(f"/v1/jobs/{job['id']}").json()
+    assert body["status"] == "failed" and "without reporting" in body["error"]
+
+
+def test_auth_required_refuses_missing_token_and_names_the_header(client_for) -> None:
+    client = client_for(auth="required")
+    response = client.get("/v1/jobs")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["fields"][0]["field"] == "header.authorization"
+
+
+def test_metrics_and_readiness(client, launcher) -> None:
+    client.post("/v1/jobs", json=SMALL)
+    text = client.get("/metrics").text
+    assert 'regtune_jobs{status="queued"} 1.0' in text
+    assert "regtune_queue_length 1.0" in text
+    assert 'regtune_request_seconds_count{method="POST",route="/v1/jobs",status="201"}' in text
+    assert client.get("/readyz").status_code == 200
+    launcher.healthy = False
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["ray"]["ok"] is False
