@@ -40,7 +40,8 @@ class TaskData:
         for name in ("x_train", "x_val"):
             x = getattr(self, name)
             if x.dim() != 2 or x.dtype != torch.float32:
-                raise ValueError(f"{name} must be a 2-d float32 tensor, got {x.dtype} {tuple(x.shape)}")
+                raise ValueError(f"{name} must be a 2-d float32 tensor, "
+                                 f"got {x.dtype} {tuple(x.shape)}")
         if self.x_train.shape[1] != self.x_val.shape[1]:
             raise ValueError("train and validation features differ in width")
         if len(self.x_train) != len(self.y_train) or len(self.x_val) != len(self.y_val):

@@ -89,7 +89,8 @@ def frame_to_arrays(frame: Any, target: str, kind: str, source: str
     import pandas as pd
 
     if target not in frame.columns:
-        raise ValueError(f"{source}: no column {target!r}; columns: {list(map(str, frame.columns))[:50]}")
+        columns = [str(c) for c in frame.columns][:50]
+        raise ValueError(f"{source}: no column {target!r}; columns: {columns}")
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
         raise ValueError(f"{source}: no feature columns besides the target {target!r}")
@@ -109,7 +110,8 @@ def frame_to_arrays(frame: Any, target: str, kind: str, source: str
         if len(classes) < 2:
             raise ValueError(f"{source}: target {target!r} has fewer than 2 classes")
         return x, codes.astype(np.int64), len(classes)
-    if not pd.api.types.is_numeric_dtype(frame[target]) or pd.api.types.is_bool_dtype(frame[target]):
+    column = frame[target]
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
         raise ValueError(f"{source}: a regression target must be numeric")
     y = frame[target].to_numpy(dtype=np.float64)
     if not np.isfinite(y).all():
