@@ -9,10 +9,11 @@ inside a statement.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
 from service.store import entities as e
@@ -39,6 +40,29 @@ def check_fields(fields: dict[str, Any], allowed: frozenset[str], hint: str = ""
         if key.endswith("_at") and value is not None and (
                 not isinstance(value, datetime) or value.tzinfo is None):
             raise ValueError(f"{key} must be an aware datetime, got {value!r}")
+
+
+def check_strings(table: sa.Table, values: Mapping[str, Any]) -> None:
+    """Reject, on every backend alike, strings PostgreSQL would reject mid-statement.
+
+    PostgreSQL enforces VARCHAR(n) lengths (SQLite does not) and its text cannot
+    hold NUL; checking first makes both backends agree and turns a driver error
+    (a 500 in the API) into a ``ValueError`` naming the field.
+    """
+    for key, value in values.items():
+        if not isinstance(value, str):
+            continue
+        if "\x00" in value:
+            raise ValueError(f"{key} must not contain NUL characters")
+        length = getattr(table.c[key].type, "length", None) if key in table.c else None
+        if length is not None and len(value) > length:
+            raise ValueError(f"{key} is longer than {length} characters")
+
+
+def findable(*keys: Any) -> bool:
+    """False for a lookup key no row can have (not a string, or containing NUL,
+    which PostgreSQL refuses even to compare); the caller answers "not found"."""
+    return all(isinstance(k, str) and "\x00" not in k for k in keys)
 
 
 def statuses(value: str | Iterable[str], known: tuple[str, ...]) -> set[str]:

@@ -33,8 +33,8 @@ from service.store.base import (JOB_UPDATABLE, TRIAL_FIELDS, Conflict, JobStore,
                                 StoreError)
 from service.store.engine import BEGIN_OPTION, make_engine
 from service.store.migrate import upgrade_connection
-from service.store.rows import (check_fields, check_name, new_job_id, statuses, to_event, to_job,
-                                to_trial, to_user, trial_values)
+from service.store.rows import (check_fields, check_name, check_strings, findable, new_job_id,
+                                statuses, to_event, to_job, to_trial, to_user, trial_values)
 from service.store.schema import events, jobs, tokens, trials, users
 
 class SqlJobStore(JobStore):
@@ -79,6 +79,7 @@ class SqlJobStore(JobStore):
 
     def create_user(self, name: str, admin: bool = False) -> tuple[e.User, str]:
         check_name(name, "user name")
+        check_strings(users, {"name": name})
         token, now = generate_token(), e.utcnow()
         try:
             with self._write() as conn:
@@ -96,6 +97,8 @@ class SqlJobStore(JobStore):
                                             prefix=token_prefix(token), created_at=now))
 
     def issue_token(self, name: str) -> str:
+        if not findable(name):
+            raise NotFound(f"no user {name!r}")
         token, now = generate_token(), e.utcnow()
         with self._write() as conn:
             user_id = conn.execute(
@@ -107,7 +110,7 @@ class SqlJobStore(JobStore):
         return token
 
     def authenticate(self, token: str) -> e.User | None:
-        if not isinstance(token, str) or not token:
+        if not isinstance(token, str) or not token:  # hashing makes any other string safe
             return None
         query = (sa.select(*users.c).join(tokens, tokens.c.user_id == users.c.id)
                  .where(tokens.c.token_hash == hash_token(token), tokens.c.revoked_at.is_(None),
@@ -121,6 +124,8 @@ class SqlJobStore(JobStore):
             return [to_user(r) for r in conn.execute(sa.select(*users.c).order_by(users.c.id))]
 
     def revoke_user(self, name: str) -> bool:
+        if not findable(name):
+            return False
         now = e.utcnow()
         with self._write() as conn:
             user_id = conn.execute(
@@ -149,6 +154,7 @@ class SqlJobStore(JobStore):
             raise ValueError("spec must be a dict")
         if int(num_trials) < 0:
             raise ValueError("num_trials must be >= 0")
+        check_strings(jobs, {"name": name, "owner": owner, "idempotency_key": idempotency_key})
         for _attempt in range(3):
             try:
                 with self._write() as conn:
@@ -173,6 +179,8 @@ class SqlJobStore(JobStore):
         raise StoreError("could not insert the job after 3 attempts")
 
     def get_job(self, job_id: str) -> e.Job | None:
+        if not findable(job_id):
+            return None
         with self._read() as conn:
             row = conn.execute(sa.select(*jobs.c).where(jobs.c.id == job_id)).first()
         return to_job(row) if row is not None else None
@@ -183,6 +191,8 @@ class SqlJobStore(JobStore):
             raise ValueError("limit and offset must be >= 0")
         query = sa.select(*jobs.c).order_by(jobs.c.pk.desc()).offset(offset).limit(limit)
         if owner is not None:
+            if not findable(owner):
+                return []
             query = query.where(jobs.c.owner == owner)
         if status is not None:
             query = query.where(jobs.c.status.in_(statuses(status, e.JOB_STATUSES)))
@@ -191,6 +201,9 @@ class SqlJobStore(JobStore):
 
     def update_job(self, job_id: str, **fields: Any) -> e.Job:
         check_fields(fields, JOB_UPDATABLE, " with update_job (status: use transition())")
+        check_strings(jobs, fields)
+        if not findable(job_id):
+            raise NotFound(f"no job {job_id!r}")
         with self._write() as conn:
             if fields:
                 row = conn.execute(jobs.update().where(jobs.c.id == job_id).values(**fields)
@@ -206,6 +219,7 @@ class SqlJobStore(JobStore):
         sources = statuses(from_statuses, e.JOB_STATUSES)
         statuses(to, e.JOB_STATUSES)
         check_fields(fields, JOB_UPDATABLE)
+        check_strings(jobs, fields)
         now, values = e.utcnow(), dict(fields, status=to)
         if to == e.RUNNING:
             values.setdefault("started_at", now)
@@ -214,7 +228,7 @@ class SqlJobStore(JobStore):
         elif to == e.QUEUED:
             values.setdefault("started_at", None)
             values.setdefault("finished_at", None)
-        if not sources:
+        if not sources or not findable(job_id):
             return False
         with self._write() as conn:
             result = conn.execute(jobs.update()
@@ -245,6 +259,9 @@ class SqlJobStore(JobStore):
     def upsert_trial(self, job_id: str, trial_id: str, **fields: Any) -> e.Trial:
         check_fields(fields, TRIAL_FIELDS)
         values, now = trial_values(fields), e.utcnow()
+        check_strings(trials, {**values, "trial_id": trial_id})
+        if not findable(job_id):
+            raise NotFound(f"no job {job_id!r}")
         key = (trials.c.job_id == job_id, trials.c.trial_id == trial_id)
         with self._write() as conn:
             # The hot path (a report for a known trial) touches only the trial row,
@@ -272,6 +289,8 @@ class SqlJobStore(JobStore):
             return to_trial(row)
 
     def get_trial(self, job_id: str, trial_id: str) -> e.Trial | None:
+        if not findable(job_id, trial_id):
+            return None
         query = sa.select(*trials.c).where(trials.c.job_id == job_id,
                                            trials.c.trial_id == trial_id)
         with self._read() as conn:
@@ -279,6 +298,8 @@ class SqlJobStore(JobStore):
         return to_trial(row) if row is not None else None
 
     def list_trials(self, job_id: str) -> list[e.Trial]:
+        if not findable(job_id):
+            return []
         query = (sa.select(*trials.c).where(trials.c.job_id == job_id)
                  .order_by(trials.c.trial_index))
         with self._read() as conn:
@@ -288,6 +309,8 @@ class SqlJobStore(JobStore):
         counts = dict.fromkeys(e.TRIAL_STATUSES, 0)
         query = sa.select(trials.c.status, sa.func.count()).group_by(trials.c.status)
         if job_id is not None:
+            if not findable(job_id):
+                return counts
             query = query.where(trials.c.job_id == job_id)
         with self._read() as conn:
             counts.update({status: n for status, n in conn.execute(query)})
@@ -299,6 +322,9 @@ class SqlJobStore(JobStore):
                   payload: dict[str, Any] | None = None) -> e.Event:
         if not isinstance(kind, str) or not kind or len(kind) > 64:
             raise ValueError("event kind must be a non-empty string of at most 64 characters")
+        check_strings(events, {"kind": kind})
+        if not findable(job_id):
+            raise NotFound(f"no job {job_id!r}")
         body, now = dict(payload or {}), e.utcnow()
         with self._write() as conn:
             # Bumping the counter locks the job row until commit: the next writer's
@@ -316,6 +342,8 @@ class SqlJobStore(JobStore):
     def events_since(self, job_id: str, after_seq: int = 0, limit: int = 500) -> list[e.Event]:
         if limit < 0:
             raise ValueError("limit must be >= 0")
+        if not findable(job_id):
+            return []
         query = (sa.select(*events.c).where(events.c.job_id == job_id, events.c.seq > after_seq)
                  .order_by(events.c.seq).limit(limit))
         with self._read() as conn:

@@ -312,6 +312,45 @@ class TestEvents:
         assert store.events_since(job.id) == []
 
 
+class TestHostileInput:
+    """What an API caller can put in a path or header behaves the same on both backends:
+    "not found" or ValueError, never a driver error (which the API would turn into a 500)."""
+
+    BAD_ID = "abc\x00def"
+
+    def test_unstorable_lookup_keys_are_not_found(self, store):
+        job = make_job(store)
+        assert store.get_job(self.BAD_ID) is None
+        assert store.list_jobs(owner=self.BAD_ID) == []
+        assert store.events_since(self.BAD_ID) == [] and store.list_trials(self.BAD_ID) == []
+        assert store.get_trial(job.id, self.BAD_ID) is None
+        assert sum(store.count_trials_by_status(self.BAD_ID).values()) == 0
+        assert store.transition(self.BAD_ID, from_statuses={"queued"}, to="running") is False
+        assert store.authenticate(self.BAD_ID) is None
+        assert store.revoke_user(self.BAD_ID) is False
+        for call in (lambda: store.update_job(self.BAD_ID, error="x"),
+                     lambda: store.add_event(self.BAD_ID, "k"),
+                     lambda: store.upsert_trial(self.BAD_ID, "t"),
+                     lambda: store.issue_token(self.BAD_ID)):
+            with pytest.raises(NotFound):
+                call()
+
+    def test_unstorable_values_are_value_errors(self, store):
+        job = make_job(store)
+        with pytest.raises(ValueError, match="idempotency_key"):
+            store.create_job(name="j", owner="alice", spec={}, num_trials=1,
+                             idempotency_key="k" * 201)
+        with pytest.raises(ValueError, match="NUL"):
+            store.create_user("ev\x00il")
+        with pytest.raises(ValueError, match="trial_id"):
+            store.upsert_trial(job.id, "t" * 201)
+        with pytest.raises(ValueError, match="ray_submission_id"):
+            store.update_job(job.id, ray_submission_id="s" * 201)
+        with pytest.raises(ValueError, match="kind"):
+            store.add_event(job.id, "k\x00")
+        assert store.list_trials(job.id) == [] and store.get_job(job.id) == job
+
+
 class TestLifecycle:
     def test_reopen_keeps_data(self, store):
         job = make_job(store)
