@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,27 @@ def _ensure_parent_dir(url: URL) -> None:
     Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
+def _enable_wal(cursor: Any) -> None:
+    """Switch to WAL, retrying while another connection holds the lock.
+
+    Switching a fresh database's journal mode needs an exclusive lock, and
+    SQLite reports "database is locked" for it without calling the busy
+    handler; two processes opening a new database at once would hit it.
+    Once the file is in WAL mode (a property of the file) this is a no-op.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def _setup_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -88,7 +111,7 @@ def _setup_sqlite(engine: Engine) -> None:
         try:
             # busy_timeout first: switching to WAL itself may have to wait for a lock.
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")  # durable enough under WAL
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
