@@ -37,6 +37,7 @@ from service.store.rows import (check_fields, check_name, check_strings, findabl
                                 statuses, to_event, to_job, to_trial, to_user, trial_values)
 from service.store.schema import events, jobs, tokens, trials, users
 
+
 class SqlJobStore(JobStore):
     """A :class:`JobStore` on any SQLAlchemy URL regtune supports (SQLite, PostgreSQL).
 
@@ -155,6 +156,7 @@ class SqlJobStore(JobStore):
         if int(num_trials) < 0:
             raise ValueError("num_trials must be >= 0")
         check_strings(jobs, {"name": name, "owner": owner, "idempotency_key": idempotency_key})
+        last: IntegrityError | None = None
         for _attempt in range(3):
             try:
                 with self._write() as conn:
@@ -168,7 +170,8 @@ class SqlJobStore(JobStore):
                         idempotency_key=idempotency_key, event_seq=0, trial_count=0,
                     ).returning(*jobs.c)).one()
                     return to_job(row), True
-            except IntegrityError:
+            except IntegrityError as exc:
+                last = exc
                 # Either a concurrent request with the same key won (PostgreSQL, where
                 # the existence check does not lock), or the random id collided.
                 if idempotency_key is not None:
@@ -176,7 +179,7 @@ class SqlJobStore(JobStore):
                         existing = self._job_by_key(conn, owner, idempotency_key)
                     if existing is not None:
                         return existing, False
-        raise StoreError("could not insert the job after 3 attempts")
+        raise StoreError("could not insert the job after 3 attempts") from last
 
     def get_job(self, job_id: str) -> e.Job | None:
         if not findable(job_id):

@@ -34,6 +34,10 @@ def test_hash_is_sha256_hex_and_not_the_token():
     assert not token_matches(token + "x", digest)
 
 
+def test_any_string_hashes():
+    assert len(hash_token("\ud800 lone surrogate")) == 64
+
+
 def test_prefix_is_short():
     token = generate_token()
     assert token_prefix(token) == token[:8]
