@@ -88,7 +88,8 @@ def test_event_seqs_unique_and_visible_in_order(store):
     assert seen == everything
     for seqs in per_thread:
         assert seqs == sorted(seqs)  # each writer's own events are ordered
-    payloads = {(e.payload["writer"], e.payload["n"]) for e in store.events_since(job_id, limit=999)}
+    payloads = {(e.payload["writer"], e.payload["n"])
+                for e in store.events_since(job_id, limit=999)}
     assert len(payloads) == writers * per_writer
 
 
