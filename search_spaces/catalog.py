@@ -131,7 +131,12 @@ METRICS: dict[str, MetricInfo] = {
 }
 
 #: Search algorithms with an implementation in workers/tune/algorithms.py.
-ALGORITHMS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes", "qmc", "gp")
+ALGORITHMS: tuple[str, ...] = ("tpe", "random", "grid", "cmaes", "qmc", "gp", "nsga2", "pbt",
+                                "pb2")
+#: Algorithms that change hyperparameters during training; they schedule trials themselves.
+POPULATION_ALGORITHMS: tuple[str, ...] = ("pbt", "pb2")
+#: Algorithms that can optimise several objectives at once.
+MULTI_OBJECTIVE_ALGORITHMS: tuple[str, ...] = ("tpe", "random", "grid", "qmc", "gp", "nsga2")
 #: Trial schedulers (early stopping) with an implementation in workers/tune/schedulers.py.
 SCHEDULERS: tuple[str, ...] = ("asha", "hyperband", "median", "none")
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")

@@ -62,9 +62,10 @@ def check_task(spec: "SearchSpec") -> None:
         if kind not in catalog.LOSSES[loss]:
             field = "space.loss" if "loss" in spec.space else "objective.loss"
             raise SpecError(field, f"loss {loss!r} does not apply to a {kind} task")
-    if kind not in catalog.METRICS[spec.objective.metric].kinds:
-        raise SpecError("objective.metric",
-                        f"metric {spec.objective.metric!r} is not reported for a {kind} task")
+    for name, _ in spec.objective.objectives():
+        if kind not in catalog.METRICS[name].kinds:
+            field = "objective.metrics" if spec.objective.multi else "objective.metric"
+            raise SpecError(field, f"metric {name!r} is not reported for a {kind} task")
     model = spec.model.name or catalog.DEFAULT_MODEL[kind]
     info = catalog.TASKS.get(spec.task)
     if model == "cnn" and not (info and info.image):
@@ -77,13 +78,21 @@ def check_metric_guard(spec: "SearchSpec") -> None:
     """Refuse a loss-valued objective compared across loss-shaping parameters."""
     from search_spaces.spec import SpecError
 
-    metric = catalog.METRICS[spec.objective.metric]
     shaping = spec.loss_shaping_searched()
-    if metric.loss_scaled and shaping:
-        raise SpecError("objective.metric",
-                        f"{metric.name} is measured in the units of the loss, which "
-                        f"{sorted(shaping)} change between trials, so trials are not comparable; "
-                        "choose a metric such as val_accuracy, val_f1 or val_rmse")
+    # With the 000 blend on, the loss changes units at each trial's start step and
+    # along its ramp, so searching when that happens also changes the loss's scale.
+    blend = spec.constants().get("smooth_l1_weight", 0)
+    if isinstance(blend, (int, float)) and blend > 0:
+        shaping |= set(spec.searched()) & {"reg_start_step", "reg_ramp_steps"}
+    for name, _ in spec.objective.objectives():
+        metric = catalog.METRICS[name]
+        if metric.loss_scaled and shaping:
+            field = "objective.metrics" if spec.objective.multi else "objective.metric"
+            raise SpecError(field,
+                            f"{metric.name} is measured in the units of the loss, which "
+                            f"{sorted(shaping)} change between trials, so trials are not "
+                            "comparable; choose a metric such as val_accuracy, val_f1 or "
+                            "val_rmse")
 
 
 def check_start_step(spec: "SearchSpec") -> None:
@@ -112,7 +121,38 @@ def check_start_step(spec: "SearchSpec") -> None:
 
 
 def check_search(spec: "SearchSpec") -> None:
-    from search_spaces.spec import Choices, SpecError
+    from search_spaces.spec import Choices, Range, SpecError
+
+    algorithm = spec.search.algorithm
+    if spec.objective.multi and algorithm not in catalog.MULTI_OBJECTIVE_ALGORITHMS:
+        raise SpecError("search.algorithm",
+                        f"{algorithm} optimises one objective; for several use one of "
+                        f"{list(catalog.MULTI_OBJECTIVE_ALGORITHMS)}")
+    if algorithm in catalog.POPULATION_ALGORITHMS:
+        if spec.search.scheduler not in (None, algorithm):
+            raise SpecError("search.scheduler", f"{algorithm} schedules its trials itself; "
+                                                "leave scheduler out")
+        if not spec.searched():
+            raise SpecError("space", f"{algorithm} needs at least one searched parameter")
+        if spec.train.epochs <= spec.search.perturbation_interval:
+            raise SpecError("search.perturbation_interval",
+                            f"{algorithm} perturbs every {spec.search.perturbation_interval} "
+                            f"epochs, so train.epochs must exceed it")
+    if algorithm in catalog.POPULATION_ALGORITHMS:
+        for name, param in spec.searched().items():
+            if isinstance(param, Range) and param.include_zero:
+                raise SpecError(f"space.{name}.include_zero",
+                                f"{algorithm} perturbs values multiplicatively, so an exact 0 "
+                                "cannot be explored; use a linear range from 0")
+        if spec.search.warm_start is not None:
+            raise SpecError("search.warm_start", f"{algorithm} does not take a warm start")
+    if algorithm == "pb2":
+        for name, param in spec.searched().items():
+            if not isinstance(param, Range):
+                raise SpecError(f"space.{name}", "pb2 models continuous bounds: use a range")
+    if spec.objective.select == "one_standard_error" and spec.train.epochs < 2:
+        raise SpecError("objective.select", "one_standard_error estimates the standard error "
+                                            "from a trial's recent epochs: train.epochs >= 2")
 
     if spec.search.algorithm == "grid":
         for name, param in spec.searched().items():

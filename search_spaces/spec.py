@@ -88,10 +88,50 @@ Param = Annotated[
 ]
 
 
+class ObjectiveMetric(_Strict):
+    metric: str
+    mode: Literal["min", "max"] | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v not in catalog.METRICS:
+            raise ValueError(f"unknown metric {v!r}; known: {sorted(catalog.METRICS)}")
+        return v
+
+    @property
+    def direction(self) -> Literal["min", "max"]:
+        return self.mode or catalog.METRICS[self.metric].mode
+
+
 class Objective(_Strict):
+    """What is better. One metric, or several (``metrics``) for a Pareto search.
+
+    ``select`` picks the answer of /best: ``best`` (the best last value, ties to the
+    earliest trial) or ``one_standard_error`` (the most regularized trial whose value
+    is within one standard error of the best; see docs/spec.md).
+    """
+
     loss: str = "cross_entropy"
     metric: str = "val_accuracy"
     mode: Literal["min", "max"] | None = None  # None: the metric's natural direction
+    metrics: list[ObjectiveMetric] | None = Field(None, min_length=2, max_length=4)
+    select: Literal["best", "one_standard_error"] = "best"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _primary_from_metrics(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("metrics"):
+            first = data["metrics"][0]
+            if isinstance(first, dict):
+                primary = {"metric": first.get("metric"), "mode": first.get("mode")}
+                # A dumped spec carries metric/mode as metrics[0]; anything else conflicts.
+                for key, value in primary.items():
+                    if data.get(key) not in (None, value):
+                        raise SpecError("metrics", "give either metric/mode or metrics, "
+                                                   "not both")
+                data = {**data, **primary}
+        return data
 
     @field_validator("loss")
     @classmethod
@@ -107,9 +147,29 @@ class Objective(_Strict):
             raise ValueError(f"unknown metric {v!r}; known: {sorted(catalog.METRICS)}")
         return v
 
+    @model_validator(mode="after")
+    def _select(self) -> "Objective":
+        if self.metrics is not None:
+            names = [m.metric for m in self.metrics]
+            if len(set(names)) != len(names):
+                raise SpecError("metrics", "each metric may appear once")
+            if self.select != "best":
+                raise SpecError("select", "a multi-objective search answers with its Pareto "
+                                          "set; select applies to one metric")
+        return self
+
     @property
     def direction(self) -> Literal["min", "max"]:
         return self.mode or catalog.METRICS[self.metric].mode
+
+    @property
+    def multi(self) -> bool:
+        return self.metrics is not None
+
+    def objectives(self) -> list[tuple[str, Literal["min", "max"]]]:
+        if self.metrics is None:
+            return [(self.metric, self.direction)]
+        return [(m.metric, m.direction) for m in self.metrics]
 
 
 class Model(_Strict):
@@ -145,14 +205,25 @@ class Train(_Strict):
         return v
 
 
+class WarmStart(_Strict):
+    """Try an earlier job's best configurations first (read from MLflow)."""
+
+    job: str = Field(pattern=r"^[0-9a-f]{12}$")
+    top_k: int = Field(5, ge=1, le=100)
+
+
 class Search(_Strict):
     algorithm: str = "tpe"
     num_trials: int = Field(16, ge=1, le=MAX_TRIALS)
     max_concurrent: int = Field(2, ge=1, le=MAX_CONCURRENT)
-    scheduler: str = "asha"
+    #: None: the algorithm's natural choice (asha; pbt/pb2 schedule trials themselves;
+    #: a multi-objective search stops nothing early).
+    scheduler: str | None = None
     seed: int | None = Field(0, ge=0, le=2**31 - 1)
     grace_period: int = Field(1, ge=1)  # epochs before a scheduler may stop a trial
     reduction_factor: float = Field(2.0, gt=1)
+    perturbation_interval: int = Field(2, ge=1)  # pbt/pb2: epochs between exploit/explore
+    warm_start: WarmStart | None = None
 
     @field_validator("algorithm")
     @classmethod
@@ -163,8 +234,8 @@ class Search(_Strict):
 
     @field_validator("scheduler")
     @classmethod
-    def _sched(cls, v: str) -> str:
-        if v not in catalog.SCHEDULERS:
+    def _sched(cls, v: str | None) -> str | None:
+        if v is not None and v not in catalog.SCHEDULERS:
             raise ValueError(f"unknown scheduler {v!r}; known: {list(catalog.SCHEDULERS)}")
         return v
 
@@ -238,6 +309,15 @@ class SearchSpec(_Strict):
 
     def loss_shaping_searched(self) -> set[str]:
         return set(self.searched()) & LOSS_SHAPING
+
+    @property
+    def scheduler(self) -> str:
+        """The scheduler this search runs with, after the algorithm's default."""
+        if self.search.scheduler is not None:
+            return self.search.scheduler
+        if self.search.algorithm in catalog.POPULATION_ALGORITHMS:
+            return self.search.algorithm
+        return "none" if self.objective.multi else "asha"
 
     def grid_axes(self) -> dict[str, list[Scalar]]:
         """The grid algorithm's axes (every searched parameter is a Choices there)."""

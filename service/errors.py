@@ -79,7 +79,10 @@ def install(app: FastAPI) -> None:
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
-        return error_response(exc.status_code, str(exc.detail), [], headers or None)
+        fields = []
+        if exc.status_code == 400:  # FastAPI could not parse the body
+            fields = [{"field": "body", "message": str(exc.detail)}]
+        return error_response(exc.status_code, str(exc.detail), fields, headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

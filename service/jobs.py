@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from search_spaces import SearchSpec
-from search_spaces.selection import best_payload, best_trial
+from search_spaces.selection import select
 from service.auth import Principal, can_cancel
 from service.launcher import LaunchError, Launcher, submission_id
 from service.scheduling import pick_jobs_to_start, queue_positions
@@ -41,10 +41,16 @@ class ConflictError(Exception):
     pass
 
 
-class TooManyTrials(ValueError):
-    """The spec asks for more trials than this service allows per job."""
+class Rejected(ValueError):
+    """A well-formed request this service refuses; ``field`` names the culprit."""
 
-    field = "search.num_trials"
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+#: Algorithms whose search can be continued by telling a new sampler the results so far.
+EXTENSIBLE = frozenset({"tpe", "random", "cmaes", "qmc", "gp", "nsga2"})
 
 
 @dataclass
@@ -67,15 +73,50 @@ class JobService:
                idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Store the job as queued; the supervisor starts it when the queue allows."""
         planned = spec.planned_trials()
-        if planned > self.settings.max_trials_per_job:
-            raise TooManyTrials(f"at most {self.settings.max_trials_per_job} trials per job on "
-                                f"this service, asked for {planned}")
+        self._check_trials(planned)
+        warm = spec.search.warm_start
+        if warm is not None:
+            earlier = self.store.get_job(warm.job)
+            if earlier is None:
+                raise Rejected("search.warm_start.job", f"no job {warm.job}")
+            if earlier.status != "succeeded":
+                raise Rejected("search.warm_start.job",
+                               f"job {warm.job} is {earlier.status}; warm start needs a "
+                               "succeeded job")
         job, created = self.store.create_job(
             name=spec.name, owner=principal.name, spec=spec.model_dump(mode="json"),
             num_trials=planned, idempotency_key=idempotency_key)
         if created:
             self.store.add_event(job.id, "job_queued", {"owner": principal.name})
         return job, created
+
+    def _check_trials(self, planned: int) -> None:
+        if planned > self.settings.max_trials_per_job:
+            raise Rejected("search.num_trials",
+                           f"at most {self.settings.max_trials_per_job} trials per job on this "
+                           f"service, asked for {planned}")
+
+    def extend(self, job_id: str, more: int, principal: Principal) -> Job:
+        """Queue a finished job again for ``more`` trials; finished trials are not re-run."""
+        job = self.get(job_id)
+        if not can_cancel(principal, job):
+            raise Forbidden(f"only {job.owner} or an admin may extend job {job_id}")
+        spec = SearchSpec.model_validate(job.spec)
+        if spec.search.algorithm not in EXTENSIBLE:
+            raise Rejected("num_trials", f"a {spec.search.algorithm} search cannot be extended; "
+                                         f"extensible: {sorted(EXTENSIBLE)}")
+        if job.status != "succeeded":
+            raise ConflictError(f"job {job_id} is {job.status}; only a succeeded job is extended")
+        total = job.num_trials + more
+        self._check_trials(total)
+        data = dict(job.spec)
+        data["search"] = {**data["search"], "num_trials": total}
+        SearchSpec.model_validate(data)  # still a valid spec
+        if not self.store.transition(job_id, from_statuses={"succeeded"}, to=QUEUED, spec=data,
+                                     num_trials=total, finished_at=None, error=None):
+            raise ConflictError(f"job {job_id} changed state meanwhile")
+        self.store.add_event(job_id, "job_extended", {"by": principal.name, "num_trials": total})
+        return self.get(job_id)
 
     def get(self, job_id: str) -> Job:
         job = self.store.get_job(job_id)
@@ -152,15 +193,15 @@ class JobService:
         }
 
     def best(self, job: Job) -> dict[str, Any] | None:
-        mode = SearchSpec.model_validate(job.spec).objective.direction
-        trial = best_trial(self.store.list_trials(job.id), mode)
-        return best_payload(trial) if trial else None
+        """The answer under the spec's selection policy (best, 1-SE rule, or Pareto set)."""
+        return select(SearchSpec.model_validate(job.spec), self.store.list_trials(job.id))
 
     def queue_positions(self) -> dict[str, int]:
         running = self.store.list_jobs(status=RUNNING, limit=10_000)
         return queue_positions(self.store.queued_jobs(), running,
                                max_running_total=self.limits.max_running_total,
-                               max_running_per_user=self.limits.max_running_per_user)
+                               max_running_per_user=self.limits.max_running_per_user,
+                               last_started=self.store.last_started_by_owner())
 
     # --- supervision ----------------------------------------------------------
 
@@ -172,17 +213,19 @@ class JobService:
             running = self.store.list_jobs(status=RUNNING, limit=10_000)
             chosen = pick_jobs_to_start(self.store.queued_jobs(), running,
                                         max_running_total=self.limits.max_running_total,
-                                        max_running_per_user=self.limits.max_running_per_user)
+                                        max_running_per_user=self.limits.max_running_per_user,
+                                        last_started=self.store.last_started_by_owner())
             for job in chosen:
                 self._start(job)
 
     def _start(self, job: Job) -> None:
-        sid = submission_id(job.id)
+        attempt = _attempt_of(job.ray_submission_id) + 1 if job.ray_submission_id else 0
+        sid = submission_id(job.id, attempt)
         if not self.store.transition(job.id, from_statuses={QUEUED}, to=RUNNING,
                                      ray_submission_id=sid):
             return  # cancelled meanwhile
         try:
-            self.launcher.submit(job.id)
+            self.launcher.submit(job.id, attempt)
             self.store.add_event(job.id, "job_launched", {"submission_id": sid})
         except (LaunchError, ValueError) as exc:
             if self.store.transition(job.id, from_statuses={RUNNING}, to=FAILED,
@@ -201,9 +244,29 @@ class JobService:
             return
         if self.store.get_job(job.id).status != RUNNING:  # the driver reported meanwhile
             return
+        # The driver died without a word (killed, node lost, cluster restarted): start it
+        # again; it restores the Tune experiment and goes on where it stopped.
+        attempt = _attempt_of(job.ray_submission_id) + 1
+        if attempt <= self.settings.max_driver_restarts:
+            sid = submission_id(job.id, attempt)
+            try:
+                self.launcher.submit(job.id, attempt)
+            except (LaunchError, ValueError) as exc:
+                log.warning("resubmitting %s: %s", job.id, exc)
+            else:
+                self.store.update_job(job.id, ray_submission_id=sid)
+                self.store.add_event(job.id, "job_resumed", {"submission_id": sid,
+                                                             "after": status.state})
+                return
         error = f"driver ended ({status.state}) without reporting: {status.message}"[:4000]
         if self.store.transition(job.id, from_statuses={RUNNING}, to=FAILED, error=error):
             self.store.add_event(job.id, "job_failed", {"error": error})
+
+
+def _attempt_of(submission: str | None) -> int:
+    """regtune-<id> is attempt 0, regtune-<id>-<n> attempt n."""
+    parts = (submission or "").split("-")
+    return int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else 0
 
 
 class Supervisor:

@@ -14,12 +14,14 @@ from service.api.deps import Context, context, principal
 from service.api.schemas import BestView, JobView, TrialView, error_responses
 from service.auth import Principal
 from service.errors import ApiError
-from service.jobs import ConflictError, Forbidden, NotFoundError, TooManyTrials
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.jobs import ConflictError, Forbidden, NotFoundError, Rejected
 from service.launcher import LaunchError
 from service.store.entities import JOB_STATUSES, TERMINAL
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"],
-                   responses=error_responses(401, 404, 405, 422))
+                   responses=error_responses(400, 401, 404, 405, 422))
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$", description="12 hex characters")]
 Ctx = Annotated[Context, Depends(context)]
 Who = Annotated[Principal, Depends(principal)]
@@ -67,7 +69,7 @@ async def submit(request: Request, response: Response, ctx: Ctx, who: Who,
     spec = load_spec(body, request.headers.get("content-type"))
     try:
         job, created = await asyncio.to_thread(ctx.jobs.submit, spec, who, idempotency_key)
-    except TooManyTrials as exc:
+    except Rejected as exc:
         raise ApiError(422, str(exc), [{"field": exc.field, "message": str(exc)}])
     if ctx.supervisor is not None and created:
         ctx.supervisor.wake()
@@ -121,6 +123,29 @@ def cancel(job_id: JobId, ctx: Ctx, who: Who) -> Any:
 
 
 _TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+class Extension(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_trials: int = Field(ge=1, le=10_000, description="trials to add")
+
+
+@router.post("/{job_id}/extend", response_model=JobView, responses=error_responses(403, 409))
+def extend(job_id: JobId, body: Extension, ctx: Ctx, who: Who) -> Any:
+    """Run more trials of a succeeded job; the sampler is told every finished trial."""
+    try:
+        job = ctx.jobs.extend(job_id, body.num_trials, who)
+    except NotFoundError as exc:
+        raise ApiError(404, str(exc), [{"field": "path.job_id", "message": "not found"}])
+    except Forbidden as exc:
+        raise ApiError(403, str(exc), [{"field": "path.job_id", "message": "not yours"}])
+    except ConflictError as exc:
+        raise ApiError(409, str(exc), [{"field": "path.job_id", "message": "wrong state"}])
+    except Rejected as exc:
+        raise ApiError(422, str(exc), [{"field": exc.field, "message": str(exc)}])
+    if ctx.supervisor is not None:
+        ctx.supervisor.wake()
+    return ctx.jobs.view(job)
 
 
 @router.get("/{job_id}/logs", response_class=Response,

@@ -26,7 +26,7 @@ class ErrorBody(BaseModel):
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {401: "no valid token", 403: "not allowed", 404: "not found", 405: "wrong method",
+    text = {400: "the body could not be parsed", 401: "no valid token", 403: "not allowed", 404: "not found", 405: "wrong method",
             409: "conflicts with the job's state", 413: "body too large",
             422: "invalid input; the error names the field", 503: "a dependency is down"}
     return {code: {"model": ErrorBody, "description": text.get(code, "error")} for code in codes}
@@ -49,12 +49,22 @@ class MlflowRef(BaseModel):
     parent_run_id: str | None = None
 
 
-class BestView(BaseModel):
+class TrialAnswer(BaseModel):
     trial_id: str
     config: dict[str, Any]
     metric: float | None
     metrics: dict[str, Any]
     mlflow_run_id: str | None = None
+
+
+class BestView(TrialAnswer):
+    """The job's answer. ``policy`` says which rule chose it; a multi-objective job
+    also lists its Pareto set, and the 1-SE rule reports the standard error used."""
+
+    policy: str = "best"
+    pareto: list[TrialAnswer] | None = None
+    standard_error: float | None = None
+    best_trial_id: str | None = None
 
 
 class JobView(BaseModel):

@@ -127,6 +127,13 @@ def cancel(job_id: str) -> None:
 
 
 @app.command()
+def extend(job_id: str, num_trials: int) -> None:
+    """Run NUM_TRIALS more trials of a succeeded job (finished trials are not re-run)."""
+    job = _client_call(lambda: Client().extend(job_id, num_trials))
+    typer.echo(f"job {job['id']} {job['status']}: {job['trials']['total']} trials planned")
+
+
+@app.command()
 def logs(job_id: str) -> None:
     """The driver's log."""
     typer.echo(_client_call(lambda: Client().logs(job_id)))

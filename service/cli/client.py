@@ -62,6 +62,9 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def extend(self, job_id: str, num_trials: int) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/extend", json={"num_trials": num_trials})
+
     def logs(self, job_id: str) -> str:
         return self._call("GET", f"/v1/jobs/{job_id}/logs")
 

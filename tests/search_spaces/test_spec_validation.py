@@ -122,3 +122,37 @@ def test_every_ready_made_spec_validates() -> None:
     for path in files:
         spec = load_spec_file(path)
         assert spec.name and spec.search.num_trials >= 1, path
+
+
+def test_multi_objective_spec_round_trips_and_conflicts_are_refused() -> None:
+    body = {**BASE, "search": {"algorithm": "nsga2"},
+            "objective": {"metrics": [{"metric": "val_accuracy", "mode": "max"},
+                                      {"metric": "weight_l1", "mode": "min"}]}}
+    spec = load_spec(json.dumps(body))
+    assert spec.objective.multi and spec.objective.metric == "val_accuracy"
+    assert SearchSpec.model_validate(json.loads(spec.model_dump_json())) == spec
+    assert spec.scheduler == "none"  # nothing is stopped early on one of several goals
+    conflict = {**body, "objective": {**body["objective"], "metric": "val_f1"}}
+    assert "objective.metrics" in errors(conflict)
+    cmaes = {**body, "search": {"algorithm": "cmaes"}}
+    assert "search.algorithm" in errors(cmaes)
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"search": {"algorithm": "pbt", "scheduler": "asha"}}, "search.scheduler"),
+    ({"search": {"algorithm": "pb2"}, "space": {"l1_ratio": {"choices": [0, 1]}}},
+     "space.l1_ratio"),
+    ({"search": {"algorithm": "pbt"},
+      "space": {"reg_lambda": {"low": 1e-5, "high": 1e-1, "log": True, "include_zero": True}}},
+     "space.reg_lambda.include_zero"),
+    ({"search": {"warm_start": {"job": "not-a-job"}}}, "search.warm_start.job"),
+    ({"objective": {"select": "one_standard_error"}, "train": {"epochs": 1}},
+     "objective.select"),
+    ({"objective": {"loss": "mse", "metric": "val_loss"},
+      "space": {"smooth_l1_weight": 1.0, "reg_start_step": {"low": 0, "high": 50,
+                                                            "type": "int"}}},
+     "objective.metric"),
+])
+def test_search_depth_rules_name_the_field(patch: dict, field: str) -> None:
+    body = {**BASE, "space": {"reg_lambda": {"low": 1e-5, "high": 1e-1, "log": True}}, **patch}
+    assert field in errors(body)

@@ -3,55 +3,105 @@
 The service builds this entrypoint from the fixed module and a job id it
 generated (12 hex characters, checked again here), never from request text.
 The driver reads the spec from the job store, runs Tune, and writes the outcome
-back. If it is started again for the same job (the driver died, the cluster
-restarted), it restores the Tune experiment and carries on.
+back.
+
+Work is done in *rounds*: a round is one Tune experiment named after the job and
+the number of trials the job then asked for. Started again for the same job (the
+driver died, the cluster restarted) it restores the round's experiment with its
+searcher state; asked for more trials (an extended job) it starts a new round
+whose sampler is told every finished trial, so nothing is re-run.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import traceback
 from typing import Any
 
-from search_spaces import SearchSpec
-from search_spaces.selection import best_payload, best_trial
+from search_spaces import SearchSpec, catalog
 
 log = logging.getLogger("regtune.driver")
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")
+FINISHED = ("completed", "stopped", "failed")
 
 
-def build_tuner(spec: SearchSpec, job_id: str, settings: Any, callbacks: list) -> Any:
+def round_name(job: Any) -> str:
+    return f"{job.id}-n{job.num_trials}"
+
+
+def _seed_material(spec: SearchSpec, job: Any, store: Any, settings: Any) -> tuple[list, list]:
+    """(points to try first, results already known) for a new round."""
+    from workers.tune import history
+
+    finished = [t for t in store.list_trials(job.id) if t.status in FINISHED]
+    if finished:  # an extension: tell the sampler what is known
+        return [], history.known_results(spec, finished)
+    warm = spec.search.warm_start
+    if warm is None:
+        return [], []
+    earlier = store.get_job(warm.job)
+    if earlier is None or not earlier.mlflow_experiment_id:
+        raise ValueError(f"warm start: job {warm.job} has no MLflow experiment")
+    points = history.top_configurations(settings.mlflow_uri, earlier.mlflow_experiment_id,
+                                        warm.job, spec, warm.top_k)
+    log.info("warm start from job %s: %d configurations first", warm.job, len(points))
+    return points, []
+
+
+def build_tuner(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks: list) -> Any:
     from ray import tune
 
-    from workers.tune.algorithms import build_searcher, effective_num_trials
-    from workers.tune.schedulers import build_scheduler
+    from workers.tune.algorithms import build_plan
     from workers.tune.trainable import train_trial
 
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, spec_json=spec.model_dump(mode="json")),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    path = f"{settings.results_path.rstrip('/')}/{job_id}"
+    name = round_name(job)
+    path = f"{settings.results_path.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):
         log.info("restoring the Tune experiment at %s", path)
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
+    finished = sum(1 for t in store.list_trials(job.id) if t.status in FINISHED)
+    remaining = job.num_trials - finished
+    if remaining <= 0:
+        return None
+    points, known = _seed_material(spec, job, store, settings)
+    plan = build_plan(spec, points=points, known=known)
+    # PBT/PB2 restart a weak trial from a strong one's checkpoint: keep them all, or
+    # the one being copied may already be gone.
+    population = spec.search.algorithm in catalog.POPULATION_ALGORITHMS
+    keep = tune.CheckpointConfig(num_to_keep=None if population else 1)
     return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(metric=spec.objective.metric, mode=spec.objective.direction,
-                                    search_alg=build_searcher(spec),
-                                    scheduler=build_scheduler(spec),
-                                    num_samples=effective_num_trials(spec)),
+        trainable, param_space=plan.param_space,
+        tune_config=tune.TuneConfig(search_alg=plan.search_alg, scheduler=plan.scheduler,
+                                    num_samples=remaining, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=job_id, storage_path=settings.results_path, callbacks=callbacks,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            name=name, storage_path=settings.results_path, callbacks=callbacks,
+            checkpoint_config=keep,
             failure_config=tune.FailureConfig(max_failures=1), verbose=1))
 
 
+def _close_orphans(store: Any, job_id: str) -> None:
+    """Trials a killed driver started after its last experiment snapshot never come back."""
+    for trial in store.list_trials(job_id):
+        if trial.status in ("pending", "running"):
+            store.upsert_trial(job_id, trial.trial_id, status="failed")
+            store.add_event(job_id, "trial_failed", {"trial_id": trial.trial_id,
+                                                     "error": "lost when the driver restarted"})
+
+
 def run(job_id: str) -> int:
+    # Snapshot the experiment (trials and searcher) after every step, so a driver
+    # killed at any moment resumes without re-running or losing a finished trial.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     import ray
 
+    from search_spaces.selection import select
     from service.settings import get_settings
     from service.store import open_store
     from workers.tune.reporting import MlflowTrialCallback, StoreTrialCallback
@@ -72,18 +122,24 @@ def run(job_id: str) -> int:
         parent = ParentRun(settings.mlflow_uri, settings.artifact_root, job_id, spec, job.owner)
         store.update_job(job_id, mlflow_experiment_id=parent.experiment_id,
                          mlflow_parent_run_id=parent.run_id)
-        store.add_event(job_id, "job_started", {"mlflow_parent_run_id": parent.run_id})
+        store.add_event(job_id, "job_started", {"mlflow_parent_run_id": parent.run_id,
+                                                "round": round_name(job)})
         mlflow_cb = MlflowTrialCallback(settings.mlflow_uri, parent.experiment_id,
                                         parent.run_id, job_id, spec)
         store_cb = StoreTrialCallback(settings.database, job_id, spec, mlflow_cb)
-        ray.init(address="auto", log_to_driver=False)
-        tuner = build_tuner(spec, job_id, settings, [mlflow_cb, store_cb])
-        tuner.fit()
-        best = best_trial(store.list_trials(job_id), spec.objective.direction)
-        payload = best_payload(best) if best else None
-        parent.finish(payload, "FINISHED")
-        if store.transition(job_id, from_statuses={"running"}, to="succeeded", best=payload):
-            store.add_event(job_id, "job_succeeded", {"best": payload})
+        if not ray.is_initialized():  # tests run the driver inside an initialised Ray
+            ray.init(address="auto", log_to_driver=False)
+        tuner = build_tuner(spec, job, store, settings, [mlflow_cb, store_cb])
+        if tuner is not None:
+            tuner.fit()
+        _close_orphans(store, job_id)
+        answer = select(spec, store.list_trials(job_id))
+        parent.finish(answer, "FINISHED")
+        from workers.tune.figures import log_job_figures
+
+        log_job_figures(parent, spec, store.list_trials(job_id))
+        if store.transition(job_id, from_statuses={"running"}, to="succeeded", best=answer):
+            store.add_event(job_id, "job_succeeded", {"best": answer})
         return 0
     except BaseException as exc:  # noqa: BLE001 - the job must be marked, whatever happened
         message = f"{type(exc).__name__}: {exc}"

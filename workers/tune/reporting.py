@@ -18,7 +18,7 @@ from ray.tune import Callback
 
 from search_spaces import SearchSpec
 from search_spaces.catalog import METRICS
-from search_spaces.selection import better
+from search_spaces.selection import better, standard_error
 from workers.tune.space import trial_params
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ class StoreTrialCallback(Callback):
         self.metric = spec.objective.metric
         self.mode = spec.objective.direction
         self.best: dict[str, Any] | None = None
+        self._history: dict[str, list[float]] = {}  # objective per epoch, for its SE
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_store": None}
@@ -156,6 +157,10 @@ class StoreTrialCallback(Callback):
                         **info: Any) -> None:
         metrics = numeric_metrics(result)
         objective = metrics.get(self.metric)
+        if objective is not None:
+            history = self._history.setdefault(trial.trial_id, [])
+            history.append(objective)
+            metrics["objective_se"] = standard_error(history)
         fields: dict[str, Any] = dict(status="running", metrics=metrics,
                                       iteration=int(result.get("training_iteration", 0)),
                                       objective=objective, mlflow_run_id=self._run_id(trial))

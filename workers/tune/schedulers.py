@@ -1,7 +1,10 @@
 """Trial schedulers (early stopping): a name -> a small factory.
 
 All count time in epochs (Tune's ``training_iteration``: one report per epoch),
-so ``grace_period`` in the spec means epochs everywhere.
+so ``grace_period`` in the spec means epochs everywhere. Metric and mode are
+given to the scheduler itself (not to TuneConfig), because a multi-objective
+search has no single TuneConfig metric: early stopping then follows the first
+objective.
 """
 
 from __future__ import annotations
@@ -13,27 +16,32 @@ from search_spaces import SearchSpec
 TIME_ATTR = "training_iteration"
 
 
+def _target(spec: SearchSpec) -> dict[str, str]:
+    metric, mode = spec.objective.objectives()[0]
+    return {"metric": metric, "mode": mode}
+
+
 def _asha(spec: SearchSpec) -> Any:
     from ray.tune.schedulers import ASHAScheduler
 
     max_t = spec.train.epochs
     return ASHAScheduler(time_attr=TIME_ATTR, max_t=max_t,
                          grace_period=min(spec.search.grace_period, max_t),
-                         reduction_factor=spec.search.reduction_factor)
+                         reduction_factor=spec.search.reduction_factor, **_target(spec))
 
 
 def _hyperband(spec: SearchSpec) -> Any:
     from ray.tune.schedulers import HyperBandScheduler
 
     return HyperBandScheduler(time_attr=TIME_ATTR, max_t=spec.train.epochs,
-                              reduction_factor=spec.search.reduction_factor)
+                              reduction_factor=spec.search.reduction_factor, **_target(spec))
 
 
 def _median(spec: SearchSpec) -> Any:
     from ray.tune.schedulers import MedianStoppingRule
 
     return MedianStoppingRule(time_attr=TIME_ATTR, grace_period=spec.search.grace_period,
-                              min_samples_required=3)
+                              min_samples_required=3, **_target(spec))
 
 
 def _none(spec: SearchSpec) -> Any:
@@ -48,4 +56,4 @@ SCHEDULERS: dict[str, Callable[[SearchSpec], Any]] = {
 
 
 def build_scheduler(spec: SearchSpec) -> Any:
-    return SCHEDULERS[spec.search.scheduler](spec)
+    return SCHEDULERS[spec.scheduler](spec)

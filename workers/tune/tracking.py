@@ -56,7 +56,7 @@ class ParentRun:
             tags={"regtune.job_id": self.job_id, "regtune.role": "parent",
                   "regtune.owner": owner, "mlflow.user": owner,
                   "regtune.algorithm": self.spec.search.algorithm,
-                  "regtune.scheduler": self.spec.search.scheduler})
+                  "regtune.scheduler": self.spec.scheduler})
         flat = {"task": self.spec.task, "objective.metric": self.spec.objective.metric,
                 "objective.mode": self.spec.objective.direction,
                 "objective.loss": self.spec.objective.loss,

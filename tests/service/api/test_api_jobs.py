@@ -119,11 +119,19 @@ def test_cancel_running_job_stops_its_driver(client, launcher) -> None:
     assert launcher.stopped == [f"regtune-{job['id']}"]
 
 
-def test_driver_that_dies_silently_marks_the_job_failed(client, launcher) -> None:
+def test_driver_that_dies_silently_is_restarted_then_failed(client_for, launcher) -> None:
+    client = client_for(max_driver_restarts=1)
     job = client.post("/v1/jobs", json=SMALL).json()
     jobs = client.app.state.ctx.jobs
     jobs.tick()
     launcher.stopped.append(f"regtune-{job['id']}")  # Ray says STOPPED, nobody reported
+    jobs.tick()  # started again: the new driver restores the Tune experiment
+    assert launcher.submitted == [job["id"], job["id"]]
+    body = client.get(f"/v1/jobs/{job['id']}").json()
+    assert body["status"] == "running"
+    assert client.app.state.ctx.store.get_job(job["id"]).ray_submission_id == \
+        f"regtune-{job['id']}-1"
+    launcher.stopped.append(f"regtune-{job['id']}-1")  # dies again: out of restarts
     jobs.tick()
     body = client.get(f"/v1/jobs/{job['id']}").json()
     assert body["status"] == "failed" and "without reporting" in body["error"]

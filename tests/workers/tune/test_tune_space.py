@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from search_spaces import catalog, load_spec
-from workers.tune.algorithms import ALGORITHMS
+from workers.tune.algorithms import ALGORITHMS, SAMPLERS
 from workers.tune.schedulers import SCHEDULERS, build_scheduler
 from workers.tune.space import define_by_run, trial_params
 
@@ -21,7 +21,7 @@ def spec_of(**patch):
 
 def sample(spec, n: int, algorithm: str | None = None) -> list[dict]:
     """Run the define-by-run space through the spec's sampler, n trials."""
-    sampler = ALGORITHMS[algorithm or spec.search.algorithm](spec)
+    sampler = SAMPLERS[algorithm or spec.search.algorithm](spec)
     study = optuna.create_study(sampler=sampler, direction="maximize")
     define = define_by_run(spec, conditional=spec.search.algorithm != "grid")
     configs = []
@@ -38,7 +38,7 @@ def test_registries_match_the_catalogue() -> None:
     assert set(SCHEDULERS) == set(catalog.SCHEDULERS)
 
 
-@pytest.mark.parametrize("algorithm", ["tpe", "random", "cmaes", "qmc", "gp"])
+@pytest.mark.parametrize("algorithm", ["tpe", "random", "cmaes", "qmc", "gp", "nsga2"])
 def test_seed_makes_sampled_configurations_repeatable(algorithm: str) -> None:
     spec = spec_of(space={"reg_lambda": {"low": 1e-6, "high": 1e-2, "log": True},
                           "focal_gamma": {"low": 0.0, "high": 5.0},

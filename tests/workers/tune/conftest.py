@@ -1,0 +1,88 @@
+"""The driver run in-process against a local Ray, a real SQLite job store and MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from search_spaces import validate_spec
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@dataclass
+class Harness:
+    store: Any
+    settings: Any
+
+    def submit(self, spec: dict[str, Any], owner: str = "tester") -> str:
+        parsed = validate_spec(spec)
+        job, _ = self.store.create_job(name=parsed.name, owner=owner,
+                                       spec=parsed.model_dump(mode="json"),
+                                       num_trials=parsed.planned_trials())
+        return job.id
+
+    def run(self, job_id: str) -> Any:
+        from workers.tune.driver import run
+
+        assert self.store.transition(job_id, from_statuses={"queued", "succeeded"}, to="running")
+        code = run(job_id)
+        job = self.store.get_job(job_id)
+        assert code == 0, job.error
+        return job
+
+    def trials(self, job_id: str) -> list[Any]:
+        return self.store.list_trials(job_id)
+
+    @property
+    def mlflow(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.settings.mlflow_uri)
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One MLflow store for the session: creating its tables costs seconds each time."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_local: None,
+            mlflow_uri: str) -> Iterator[Harness]:
+    from service.settings import get_settings
+    from service.store import open_store
+
+    monkeypatch.setenv("REGTUNE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    monkeypatch.delenv("REGTUNE_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    settings = get_settings()
+    store = open_store(settings.database)
+    yield Harness(store, settings)
+    store.close()
+    get_settings.cache_clear()
+
+
+def tiny(name: str, **search: Any) -> dict[str, Any]:
+    """A digits search small enough for a test: 2-3 epochs of a small MLP."""
+    spec: dict[str, Any] = {
+        "name": name, "task": "digits", "objective": {"metric": "val_accuracy"},
+        "model": {"hidden_sizes": [16]},
+        "train": {"epochs": 3, "batch_size": 256, "lr": 0.2},
+        "space": {"reg_lambda": {"low": 1e-5, "high": 1e-2, "log": True},
+                  "l1_ratio": {"low": 0.0, "high": 1.0}},
+        "search": {"num_trials": 3, "max_concurrent": 2, "seed": 0, **search},
+    }
+    return spec

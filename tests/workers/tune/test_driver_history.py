@@ -1,0 +1,56 @@
+"""Warm start, extension and the 1-SE answer through the real driver."""
+
+from __future__ import annotations
+
+from tests.workers.tune.conftest import tiny
+
+
+def _sampled(trial) -> tuple[float, float]:
+    return (round(trial.config["reg_lambda"], 12), round(trial.config["l1_ratio"], 12))
+
+
+def test_warm_start_evaluates_the_named_configurations_first(harness) -> None:
+    first = harness.run(harness.submit(tiny("warm-a", algorithm="random", num_trials=4)))
+    ranked = sorted(harness.trials(first.id), key=lambda t: (-t.objective, t.index))
+    top = [_sampled(t) for t in ranked[:2]]
+    spec = tiny("warm-b", algorithm="tpe", num_trials=3, seed=7,
+                warm_start={"job": first.id, "top_k": 2})
+    second = harness.run(harness.submit(spec))
+    trials = sorted(harness.trials(second.id), key=lambda t: t.index)
+    assert sorted(_sampled(t) for t in trials[:2]) == sorted(top)
+    assert _sampled(trials[2]) not in top
+
+
+def test_extension_runs_only_the_new_trials(harness) -> None:
+    job = harness.run(harness.submit(tiny("extend", algorithm="tpe", num_trials=3)))
+    before = {t.trial_id: (t.iteration, t.updated_at) for t in harness.trials(job.id)}
+    spec = dict(job.spec)
+    spec["search"] = {**spec["search"], "num_trials": 5}
+    harness.store.update_job(job.id, spec=spec, num_trials=5)
+    job = harness.run(job.id)
+    trials = harness.trials(job.id)
+    assert len(trials) == 5 and len({t.trial_id for t in trials}) == 5
+    for trial in trials:  # the first three were told to the sampler, not re-run
+        if trial.trial_id in before:
+            assert (trial.iteration, trial.updated_at) == before[trial.trial_id]
+    children = harness.mlflow.search_runs(
+        [job.mlflow_experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{job.mlflow_parent_run_id}'")
+    assert len(children) == 5
+
+
+def test_one_standard_error_picks_a_more_regularized_trial(harness) -> None:
+    spec = tiny("one-se", algorithm="random", num_trials=4)
+    spec["objective"]["select"] = "one_standard_error"
+    spec["search"]["scheduler"] = "none"
+    job = harness.run(harness.submit(spec))
+    trials = harness.trials(job.id)
+    answer = job.best
+    best = max(trials, key=lambda t: (t.objective, -t.index))
+    assert answer["policy"] == "one_standard_error"
+    assert answer["best_trial_id"] == best.trial_id
+    se = answer["standard_error"]
+    assert se == best.metrics["objective_se"] and se >= 0
+    chosen = next(t for t in trials if t.trial_id == answer["trial_id"])
+    assert chosen.objective >= best.objective - se
+    assert chosen.config["reg_lambda"] >= best.config["reg_lambda"]
