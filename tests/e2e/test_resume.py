@@ -1,0 +1,67 @@
+"""Issue 4: a driver killed mid-job is restarted and resumes with its searcher state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.e2e
+
+SPEC = {"name": "e2e-resume", "task": "digits", "objective": {"metric": "val_accuracy"},
+        "model": {"hidden_sizes": [32]},
+        "train": {"epochs": 5, "batch_size": 32},
+        "space": {"reg_lambda": {"low": 1e-5, "high": 1e-2, "log": True}},
+        "search": {"algorithm": "tpe", "num_trials": 6, "max_concurrent": 2,
+                   "scheduler": "none", "seed": 3}}
+
+
+def driver_pids(job_id: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"workers.tune.driver --job-id {job_id}"],
+                         capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_killed_driver_resumes_without_duplicates_or_losses(live) -> None:
+    job = live.submit(SPEC).json()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        view = live.http.get(f"/v1/jobs/{job['id']}").json()
+        if view["trials"]["completed"] >= 1 and view["trials"]["running"] >= 1:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"no trial finished: {view}")
+    finished_before = {t["trial_id"]: t for t in live.http.get(
+        f"/v1/jobs/{job['id']}/trials").json() if t["status"] == "completed"}
+    pids = driver_pids(job["id"])
+    assert pids, "the driver process is found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+    done = live.wait(job["id"], timeout=400)
+    assert done["status"] == "succeeded", done.get("error")
+    events = [e for e in live.http.get(f"/v1/jobs/{job['id']}/events",
+                                       params={"follow": "false"}).text.split("\n")
+              if e.startswith("event: ")]
+    assert "event: job_resumed" in events
+
+    trials = live.http.get(f"/v1/jobs/{job['id']}/trials").json()
+    assert len(trials) == 6 and len({t["trial_id"] for t in trials}) == 6
+    assert all(t["status"] == "completed" and t["iteration"] == 5 for t in trials)
+
+    client = MlflowClient(tracking_uri=live.mlflow_uri)
+    runs = client.search_runs([done["mlflow"]["experiment_id"]],
+                              filter_string=f"tags.`regtune.job_id` = '{job['id']}'")
+    children = [r for r in runs if r.data.tags.get("regtune.trial_id")]
+    assert len(children) == 6
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
+        assert set(steps) == {1, 2, 3, 4, 5}
+        if run.data.tags["regtune.trial_id"] in finished_before:  # not re-run
+            assert steps == [1, 2, 3, 4, 5]
