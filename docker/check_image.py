@@ -21,7 +21,7 @@ from pathlib import Path
 API_MODULES = ("service.app", "service.cli", "service.store.sql", "service.store.migrate",
                "service.launcher", "mlflow.tracking", "psycopg2", "uvicorn", "prometheus_client")
 #: Must not be installed in the API image at all.
-API_ABSENT = ("torch", "ray", "optuna", "sklearn")
+API_ABSENT = ("torch", "ray", "optuna")  # (mlflow itself brings scikit-learn)
 #: What drivers (on the head) and trials (on workers) import.
 WORKER_MODULES = ("torch", "ray", "ray.tune", "ray.dashboard", "optuna", "cmaes", "sklearn",
                   "pandas", "pyarrow", "matplotlib", "mlflow.tracking", "psycopg2",

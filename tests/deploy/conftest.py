@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,10 @@ import psycopg2
 import pytest
 
 from tests.deploy import native, topology
-from tests.e2e.conftest import add_user
 
 REPO = Path(__file__).resolve().parents[2]
+#: Seconds per phase of the native stack, printed at the end of the run.
+TIMINGS: dict[str, float] = {}
 
 SPEC: dict[str, Any] = {
     "name": "deploy-topology", "task": "digits",
@@ -49,7 +50,6 @@ class Stack:
     token: str
     ray_headers: dict[str, str]
     tmp: Path
-    timings: dict[str, float] = field(default_factory=dict)
     job: dict[str, Any] | None = None
 
     @property
@@ -115,27 +115,39 @@ def stack() -> Iterator[Stack]:
             argv, env, health = native.command(process, values)
             return processes.start(process.service, argv, env, health)
 
-        mlflow = start(topology.MLFLOW)
-        head = start(topology.RAY_HEAD)
-        stack_timings = {"head": processes.wait_healthy(head, 120)}
-        worker = start(topology.RAY_WORKER)
-        stack_timings["mlflow"] = processes.wait_healthy(mlflow, 120)
-        stack_timings["worker"] = processes.wait_healthy(worker, 120)
         argv, api_env, health = native.command(topology.API, values)
         api_env["REGTUNE_SUPERVISOR_INTERVAL_S"] = "0.5"  # a tunable; keeps the test quick
-        # `regtune users add` on the same database, as `docker compose exec api ...` does.
-        token = add_user("deployer", api_env)
+        # Independent starts overlap: MLflow, the head, and `regtune users add` on the
+        # job store (as `docker compose exec api regtune users add` does).
+        mlflow = start(topology.MLFLOW)
+        head = start(topology.RAY_HEAD)
+        users = subprocess.Popen([str(native.BIN / "regtune"), "users", "add", "deployer"],
+                                 env=api_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        processes.wait_healthy(head, 120)
+        TIMINGS["ray head healthy (s since start)"] = time.monotonic() - t0
+        worker = start(topology.RAY_WORKER)
+        processes.wait_healthy(mlflow, 120)
+        TIMINGS["mlflow healthy (s since start)"] = time.monotonic() - t0
+        out, err = users.communicate(timeout=120)
+        assert users.returncode == 0, err
+        token = out.strip().splitlines()[-1]  # the token is the last line
         api_process = processes.start("api", argv, api_env, health)
-        stack_timings["api"] = processes.wait_healthy(api_process, 120)
+        processes.wait_healthy(worker, 120)
+        TIMINGS["ray worker healthy (s since start)"] = time.monotonic() - t0
+        processes.wait_healthy(api_process, 120)
+        TIMINGS["api healthy (s since start)"] = time.monotonic() - t0
         api = httpx.Client(base_url=f"http://127.0.0.1:{values['api_port']}", timeout=30,
                            headers={"Authorization": f"Bearer {token}"})
-        stack_timings["stack_up"] = time.monotonic() - t0
+        TIMINGS["stack up (s since start)"] = time.monotonic() - t0
         yield Stack(values, processes, api, token,
-                    {"Authorization": f"Bearer {values['ray_token']}"}, tmp, stack_timings)
+                    {"Authorization": f"Bearer {values['ray_token']}"}, tmp)
     finally:
         if api is not None:
             api.close()
+        t_stop = time.monotonic()
         survivors = processes.stop_all()
+        TIMINGS["stack stopped"] = time.monotonic() - t_stop
         for db in (regtune_db, mlflow_db):
             try:
                 native.drop_database(admin, db)
@@ -158,7 +170,14 @@ def finished(stack: Stack) -> Stack:
         response = stack.api.post("/v1/jobs", json=SPEC)
         assert response.status_code == 201, response.text
         job = _wait_job(stack.api, response.json()["id"], timeout=240)
-        stack.timings["job"] = time.monotonic() - t0
+        TIMINGS["job submitted -> succeeded"] = time.monotonic() - t0
         assert job["status"] == "succeeded", (job.get("error"), stack.logs())
         stack.job = job
     return stack
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if TIMINGS:
+        terminalreporter.section("deploy topology timings")
+        for phase, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{phase:<36} {seconds:7.1f} s")

@@ -174,7 +174,7 @@ class Processes:
             if entry.process.poll() is None:
                 self.seen.update(descendants(entry.process.pid))
 
-    def stop_all(self, grace: float = 8.0) -> list[str]:
+    def stop_all(self, grace: float = 5.0) -> list[str]:
         """Stop everything; returns descriptions of processes that survived (should be [])."""
         self.remember()
         for entry in reversed(self.started):
