@@ -1,0 +1,85 @@
+"""The launcher sends Ray only what the service decides: fixed module, job id, settings."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from service.launcher.base import submission_id
+from service.launcher.ray_jobs import RayJobsLauncher
+from service.settings import Settings
+
+
+def recording_launcher(settings: Settings, seen: list[httpx.Request]) -> RayJobsLauncher:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.endswith("/logs"):
+            return httpx.Response(200, json={"logs": "hello"})
+        if request.method == "GET":
+            return httpx.Response(200, json={"status": "RUNNING", "message": ""})
+        return httpx.Response(200, json={"submission_id": "x"})
+
+    launcher = RayJobsLauncher("http://ray-head:8265", token="tok",
+                               driver_python="/opt/venv/bin/python",
+                               driver_env=settings.driver_env())
+    launcher.http = httpx.Client(base_url="http://ray-head:8265",
+                                 headers={"Authorization": "Bearer tok"},
+                                 transport=httpx.MockTransport(handler))
+    return launcher
+
+
+def test_submission_is_built_from_the_job_id_and_settings_only(tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url="postgresql://db/regtune",
+                        mlflow_tracking_uri="http://mlflow:5000")
+    seen: list[httpx.Request] = []
+    launcher = recording_launcher(settings, seen)
+    assert launcher.submit("0123456789ab") == "regtune-0123456789ab"
+    body = json.loads(seen[0].content)
+    assert seen[0].headers["authorization"] == "Bearer tok"
+    assert body["entrypoint"] == "/opt/venv/bin/python -m workers.tune.driver --job-id 0123456789ab"
+    assert set(body) == {"entrypoint", "submission_id", "runtime_env", "entrypoint_num_cpus",
+                         "metadata"}
+    assert body["runtime_env"] == {"env_vars": settings.driver_env()}
+    assert body["runtime_env"]["env_vars"]["REGTUNE_DATABASE_URL"] == "postgresql://db/regtune"
+    assert launcher.status("regtune-0123456789ab").state == "RUNNING"
+    assert launcher.logs("regtune-0123456789ab") == "hello"
+
+
+@pytest.mark.parametrize("hostile", ["0123456789ab; rm -rf /", "$(id)", "../../x", "ABCDEF012345",
+                                     "0123456789abc"])
+def test_anything_but_a_job_id_is_refused_before_ray_is_called(tmp_path, hostile: str) -> None:
+    seen: list[httpx.Request] = []
+    launcher = recording_launcher(Settings(data_dir=tmp_path), seen)
+    with pytest.raises(ValueError):
+        launcher.submit(hostile)
+    with pytest.raises(ValueError):
+        submission_id(hostile)
+    assert seen == []
+
+
+def test_retries_get_their_own_submission_ids() -> None:
+    assert submission_id("0123456789ab", 2) == "regtune-0123456789ab-2"
+
+
+@pytest.mark.parametrize("host, ok", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                      ("0.0.0.0", False), ("10.1.2.3", False)])
+def test_auth_off_only_on_loopback(tmp_path, host: str, ok: bool) -> None:
+    settings = Settings(data_dir=tmp_path, host=host, auth="off")
+    if ok:
+        settings.check()
+    else:
+        with pytest.raises(ValueError, match="REGTUNE_AUTH=required"):
+            settings.check()
+    Settings(data_dir=tmp_path, host=host, auth="required").check()
+
+
+def test_settings_are_not_built_at_import() -> None:
+    import subprocess
+    import sys
+
+    code = ("import service.settings as s, service.app, service.jobs;"
+            "print(s.get_settings.cache_info().currsize)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
