@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from search_spaces import validate_spec
+from workers.tune.local import LocalRunner
 
 
 @pytest.fixture(scope="session")
@@ -21,37 +20,6 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
-@dataclass
-class Harness:
-    store: Any
-    settings: Any
-
-    def submit(self, spec: dict[str, Any], owner: str = "tester") -> str:
-        parsed = validate_spec(spec)
-        job, _ = self.store.create_job(name=parsed.name, owner=owner,
-                                       spec=parsed.model_dump(mode="json"),
-                                       num_trials=parsed.planned_trials())
-        return job.id
-
-    def run(self, job_id: str) -> Any:
-        from workers.tune.driver import run
-
-        assert self.store.transition(job_id, from_statuses={"queued", "succeeded"}, to="running")
-        code = run(job_id)
-        job = self.store.get_job(job_id)
-        assert code == 0, job.error
-        return job
-
-    def trials(self, job_id: str) -> list[Any]:
-        return self.store.list_trials(job_id)
-
-    @property
-    def mlflow(self) -> Any:
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(tracking_uri=self.settings.mlflow_uri)
-
-
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One MLflow store for the session: creating its tables costs seconds each time."""
@@ -60,7 +28,7 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_local: None,
-            mlflow_uri: str) -> Iterator[Harness]:
+            mlflow_uri: str) -> Iterator[LocalRunner]:
     from service.settings import get_settings
     from service.store import open_store
 
@@ -70,7 +38,7 @@ def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_local: None,
     get_settings.cache_clear()
     settings = get_settings()
     store = open_store(settings.database)
-    yield Harness(store, settings)
+    yield LocalRunner(store, settings)
     store.close()
     get_settings.cache_clear()
 
