@@ -161,6 +161,10 @@ def logs(job_id: JobId, ctx: Ctx, who: Who) -> Response:
         raise ApiError(503, f"the cluster did not answer: {exc}")
 
 
+POLL_S = 0.5
+KEEP_ALIVE_S = 15.0
+
+
 def _sse(event: Any) -> str:
     data = json.dumps({"seq": event.seq, "kind": event.kind, "payload": event.payload,
                        "created_at": event.created_at.isoformat()}, default=str)
@@ -180,12 +184,14 @@ async def events(job_id: JobId, request: Request, ctx: Ctx, who: Who,
 
     async def stream():
         seq = start
+        idle = 0.0
         while True:
             batch = await asyncio.to_thread(ctx.store.events_since, job_id, seq, 500)
             for event in batch:
                 seq = event.seq
                 yield _sse(event)
             if batch:
+                idle = 0.0
                 continue
             job = await asyncio.to_thread(ctx.store.get_job, job_id)
             if not follow or job is None or job.status in TERMINAL:
@@ -195,8 +201,11 @@ async def events(job_id: JobId, request: Request, ctx: Ctx, who: Who,
                 return
             if await request.is_disconnected():
                 return
-            yield ": keep-alive\n\n"
-            await asyncio.sleep(0.5)
+            if idle >= KEEP_ALIVE_S:  # a comment line keeps proxies from closing the stream
+                yield ": keep-alive\n\n"
+                idle = 0.0
+            await asyncio.sleep(POLL_S)
+            idle += POLL_S
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})

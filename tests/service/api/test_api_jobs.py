@@ -155,3 +155,31 @@ def test_metrics_and_readiness(client, launcher) -> None:
     launcher.healthy = False
     ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["ray"]["ok"] is False
+
+
+def test_event_stream_follows_a_running_job_in_order_and_ends_with_it(client) -> None:
+    import threading
+    import time
+
+    job = client.post("/v1/jobs", json=SMALL).json()
+    store = client.app.state.ctx.store
+
+    def produce() -> None:
+        time.sleep(0.3)
+        for iteration in (1, 2, 3):
+            store.add_event(job["id"], "trial_result", {"trial_id": "a", "iteration": iteration})
+            time.sleep(0.1)
+        assert store.transition(job["id"], from_statuses={"queued"}, to="cancelled")
+        store.add_event(job["id"], "job_cancelled", {})
+
+    writer = threading.Thread(target=produce)
+    writer.start()
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events") as response:
+        data = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    writer.join()
+    kinds = [d["kind"] for d in data]
+    assert kinds == ["job_queued", "trial_result", "trial_result", "trial_result", "job_cancelled"]
+    assert [d["payload"]["iteration"] for d in data if d["kind"] == "trial_result"] == [1, 2, 3]
+    resumed = client.get(f"/v1/jobs/{job['id']}/events",
+                         headers={"Last-Event-ID": str(data[2]["seq"])}).text
+    assert resumed.count("event: trial_result") == 1 and "event: job_cancelled" in resumed
