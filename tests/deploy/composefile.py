@@ -12,6 +12,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
+#: For several hosts: the head host's override and the GPU hosts' worker.
+MULTIHOST_FILE = REPO / "docker" / "compose.multihost.yml"
+GPU_HOST_FILE = REPO / "docker" / "compose.gpu-host.yml"
+ALL_FILES = (COMPOSE_FILE, MULTIHOST_FILE, GPU_HOST_FILE)
 ENV_EXAMPLE = REPO / ".env.example"
 
 # $$ | ${NAME} | ${NAME:-x} ${NAME-x} ${NAME:?x} ${NAME?x} ${NAME:+x} ${NAME+x} | $NAME
@@ -54,13 +58,13 @@ def interpolate(obj: Any, env: Mapping[str, str]) -> Any:
     return obj
 
 
-def raw() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+def raw(path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
 
 
-def load(env: Mapping[str, str]) -> dict[str, Any]:
-    """The compose file after YAML merge keys and interpolation with ``env``."""
-    data = interpolate(raw(), env)
+def load(env: Mapping[str, str], path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    """A compose file after YAML merge keys and interpolation with ``env``."""
+    data = interpolate(raw(path), env)
     return {k: v for k, v in data.items() if not k.startswith("x-")}
 
 

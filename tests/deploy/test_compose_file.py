@@ -24,6 +24,10 @@ from tests.deploy import composefile as cf
 from tests.deploy import topology
 
 TEST_ENV = {"POSTGRES_PASSWORD": "pw-test", "RAY_AUTH_TOKEN": "token-test"}
+#: What a multi-host .env adds.
+MULTIHOST_ENV = {**TEST_ENV, "RAY_HEAD_IP": "10.0.0.5", "NFS_SERVER": "10.0.0.9",
+                 "NFS_RESULTS_EXPORT": "/exports/ray_results",
+                 "NFS_DATASETS_EXPORT": "/exports/datasets", "RAY_WORKER_AGENT_PORT": "52366"}
 SERVICES = {"postgres", "mlflow", "ray-head", "ray-worker", "api"}
 
 
@@ -256,9 +260,10 @@ def test_env_example_lists_every_setting_and_every_compose_variable() -> None:
     listed = set(active) | mentioned
     missing_settings = set(settings_env_names().values()) - listed
     assert not missing_settings, f".env.example lacks settings {sorted(missing_settings)}"
+    for path in cf.ALL_FILES:
+        missing_vars = set(cf.variables(cf.raw(path))) - listed
+        assert not missing_vars, f".env.example lacks {sorted(missing_vars)} ({path.name})"
     compose_vars = cf.variables(cf.raw())
-    missing_vars = set(compose_vars) - listed
-    assert not missing_vars, f".env.example lacks compose variables {sorted(missing_vars)}"
     required = {name for name, op in compose_vars.items() if op in (":?", "?")}
     assert required == {"POSTGRES_PASSWORD", "RAY_AUTH_TOKEN"}
     # Secrets ship empty: a copied .env.example must not start with a known password.
@@ -279,6 +284,50 @@ def test_interpolation_follows_compose_rules() -> None:
                               env) == "v d d  $SET v"
     with pytest.raises(cf.MissingVariable):
         cf.interpolate_str("${EMPTY:?needed}", env)
+
+
+# --- several hosts ------------------------------------------------------------------------
+
+def test_multihost_head_is_the_topology_head_on_the_host_network(values: dict) -> None:
+    head = cf.load(MULTIHOST_ENV, cf.MULTIHOST_FILE)["services"]["ray-head"]
+    assert head["network_mode"] == "host"
+    assert head["command"] == topology.render(
+        topology.RAY_HEAD.argv, {**values, "node_ip": MULTIHOST_ENV["RAY_HEAD_IP"]})
+    # Its drivers reach the stores at the names the API hands them.
+    assert set(head["extra_hosts"]) == {"postgres:127.0.0.1", "mlflow:127.0.0.1"}
+    override = cf.load(MULTIHOST_ENV, cf.MULTIHOST_FILE)
+    assert override["services"]["postgres"]["ports"] == ["127.0.0.1:5432:5432"]
+    for name in ("api", "ray-worker"):
+        assert override["services"][name]["extra_hosts"] == ["ray-head:host-gateway"]
+    with pytest.raises(cf.MissingVariable, match="RAY_HEAD_IP"):
+        cf.load(TEST_ENV, cf.MULTIHOST_FILE)
+
+
+def test_gpu_host_worker_is_the_topology_worker_joining_the_head(values: dict) -> None:
+    worker = cf.load(MULTIHOST_ENV, cf.GPU_HOST_FILE)["services"]["ray-worker"]
+    gpu_values = {**values, "ray_head_host": MULTIHOST_ENV["RAY_HEAD_IP"],
+                  "worker_agent_port": MULTIHOST_ENV["RAY_WORKER_AGENT_PORT"]}
+    assert worker["command"] == topology.render(topology.RAY_WORKER.argv, gpu_values)
+    assert worker["healthcheck"]["test"] == [
+        "CMD", *topology.render(topology.RAY_WORKER.healthcheck, gpu_values)]
+    want_env = topology.render_env(topology.RAY_WORKER.env, gpu_values)
+    assert cf.environment(worker) == want_env
+    assert worker["network_mode"] == "host"
+    assert worker["deploy"] == cf.load(TEST_ENV)["services"]["ray-worker"]["deploy"]
+    assert cf.size_bytes(worker["shm_size"]) >= 4 * 1024 ** 3
+    assert cf.volume_mounts(worker)[values["storage_path"]] == ("ray_results", "rw")
+    assert "container_name" not in worker
+
+
+@pytest.mark.parametrize("path", [cf.MULTIHOST_FILE, cf.GPU_HOST_FILE])
+def test_several_hosts_share_storage_over_nfs(path: Path) -> None:
+    volumes = cf.load(MULTIHOST_ENV, path)["volumes"]
+    for name, export, mode in (("ray_results", "NFS_RESULTS_EXPORT", "rw"),
+                               ("datasets", "NFS_DATASETS_EXPORT", "ro")):
+        opts = volumes[name]["driver_opts"]
+        assert opts["type"] == "nfs"
+        assert opts["device"] == ":" + MULTIHOST_ENV[export]
+        assert f"addr={MULTIHOST_ENV['NFS_SERVER']}" in opts["o"] and mode in opts["o"]
 
 
 # --- Compose itself, where a client is installed ----------------------------------------
@@ -302,13 +351,14 @@ def cli() -> list[str]:
     return found
 
 
-def run_config(cli: list[str], env: dict[str, str], tmp_path: Path,
-               *args: str) -> subprocess.CompletedProcess:
+def run_config(cli: list[str], env: dict[str, str], tmp_path: Path, *args: str,
+               files: tuple[Path, ...] = (cf.COMPOSE_FILE,)) -> subprocess.CompletedProcess:
     env_file = tmp_path / "test.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     # No engine is needed: `config` only parses, validates and interpolates.
-    return subprocess.run([*cli, "--project-directory", str(cf.REPO), "-f",
-                           str(cf.COMPOSE_FILE), "--env-file", str(env_file), "config", *args],
+    file_args = [arg for path in files for arg in ("-f", str(path))]
+    return subprocess.run([*cli, "--project-directory", str(files[0].parent), *file_args,
+                           "--env-file", str(env_file), "config", *args],
                           capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/local/bin:/usr/bin:/bin",
                                "HOME": str(tmp_path)})
@@ -325,6 +375,19 @@ def test_docker_compose_validates_the_file(cli: list[str], tmp_path: Path,
             == cf.environment(services[name]), name
         if "command" in services[name]:
             assert resolved[name]["command"] == services[name]["command"], name
+
+
+def test_docker_compose_validates_the_multihost_files(cli: list[str], tmp_path: Path,
+                                                     values: dict) -> None:
+    merged = run_config(cli, MULTIHOST_ENV, tmp_path, files=(cf.COMPOSE_FILE,
+                                                             cf.MULTIHOST_FILE))
+    assert merged.returncode == 0, merged.stderr
+    head = yaml.safe_load(merged.stdout)["services"]["ray-head"]
+    assert head["network_mode"] == "host"
+    assert head["command"] == topology.render(
+        topology.RAY_HEAD.argv, {**values, "node_ip": MULTIHOST_ENV["RAY_HEAD_IP"]})
+    gpu = run_config(cli, MULTIHOST_ENV, tmp_path, "-q", files=(cf.GPU_HOST_FILE,))
+    assert gpu.returncode == 0, gpu.stderr
 
 
 def test_docker_compose_refuses_an_env_without_secrets(cli: list[str], tmp_path: Path) -> None:
