@@ -88,16 +88,22 @@ Param = Annotated[
 ]
 
 
+def _known(kind: str, names: Any) -> Any:
+    """A field validator refusing names outside a catalogue, listing the known ones."""
+
+    def check(cls: Any, value: Any) -> Any:
+        if value is not None and value not in names:
+            raise ValueError(f"unknown {kind} {value!r}; known: {sorted(names)}")
+        return value
+
+    return classmethod(check)
+
+
 class ObjectiveMetric(_Strict):
     metric: str
     mode: Literal["min", "max"] | None = None
 
-    @field_validator("metric")
-    @classmethod
-    def _metric(cls, v: str) -> str:
-        if v not in catalog.METRICS:
-            raise ValueError(f"unknown metric {v!r}; known: {sorted(catalog.METRICS)}")
-        return v
+    _metric = field_validator("metric")(_known("metric", catalog.METRICS))
 
     @property
     def direction(self) -> Literal["min", "max"]:
@@ -133,19 +139,8 @@ class Objective(_Strict):
                 data = {**data, **primary}
         return data
 
-    @field_validator("loss")
-    @classmethod
-    def _loss(cls, v: str) -> str:
-        if v not in catalog.LOSSES:
-            raise ValueError(f"unknown loss {v!r}; known: {sorted(catalog.LOSSES)}")
-        return v
-
-    @field_validator("metric")
-    @classmethod
-    def _metric(cls, v: str) -> str:
-        if v not in catalog.METRICS:
-            raise ValueError(f"unknown metric {v!r}; known: {sorted(catalog.METRICS)}")
-        return v
+    _loss = field_validator("loss")(_known("loss", catalog.LOSSES))
+    _metric = field_validator("metric")(_known("metric", catalog.METRICS))
 
     @model_validator(mode="after")
     def _select(self) -> "Objective":
@@ -179,12 +174,7 @@ class Model(_Strict):
     channels: list[Annotated[int, Field(ge=1, le=256)]] = Field(
         default_factory=lambda: [16, 32], max_length=4)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str | None) -> str | None:
-        if v is not None and v not in catalog.MODELS:
-            raise ValueError(f"unknown model {v!r}; known: {sorted(catalog.MODELS)}")
-        return v
+    _name = field_validator("name")(_known("model", catalog.MODELS))
 
 
 class Train(_Strict):
@@ -197,12 +187,7 @@ class Train(_Strict):
     #: same metrics on the same machine.
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
-    @field_validator("optimizer")
-    @classmethod
-    def _opt(cls, v: str) -> str:
-        if v not in catalog.OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {v!r}; known: {list(catalog.OPTIMIZERS)}")
-        return v
+    _optimizer = field_validator("optimizer")(_known("optimizer", catalog.OPTIMIZERS))
 
 
 class WarmStart(_Strict):
@@ -225,19 +210,8 @@ class Search(_Strict):
     perturbation_interval: int = Field(2, ge=1)  # pbt/pb2: epochs between exploit/explore
     warm_start: WarmStart | None = None
 
-    @field_validator("algorithm")
-    @classmethod
-    def _alg(cls, v: str) -> str:
-        if v not in catalog.ALGORITHMS:
-            raise ValueError(f"unknown algorithm {v!r}; known: {list(catalog.ALGORITHMS)}")
-        return v
-
-    @field_validator("scheduler")
-    @classmethod
-    def _sched(cls, v: str | None) -> str | None:
-        if v is not None and v not in catalog.SCHEDULERS:
-            raise ValueError(f"unknown scheduler {v!r}; known: {list(catalog.SCHEDULERS)}")
-        return v
+    _algorithm = field_validator("algorithm")(_known("algorithm", catalog.ALGORITHMS))
+    _scheduler = field_validator("scheduler")(_known("scheduler", catalog.SCHEDULERS))
 
 
 class Resources(_Strict):

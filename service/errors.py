@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search_spaces import InvalidSpec
+from service.jobs import JobError
 
 log = logging.getLogger("regtune.api")
 
@@ -61,6 +62,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.fields, exc.headers)
+
+    @app.exception_handler(JobError)
+    async def _job(_: Request, exc: JobError) -> JSONResponse:
+        return error_response(exc.status, str(exc), [{"field": exc.field, "message": str(exc)}])
 
     @app.exception_handler(InvalidSpec)
     async def _spec(_: Request, exc: InvalidSpec) -> JSONResponse:

@@ -29,24 +29,37 @@ from service.store.entities import (ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, 
 log = logging.getLogger("regtune.jobs")
 
 
-class Forbidden(Exception):
-    pass
+class JobError(Exception):
+    """A request the job rules refuse; the API answers ``status`` naming ``field``."""
+
+    status = 400
+    field = "path.job_id"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        if field is not None:
+            self.field = field
 
 
-class NotFoundError(Exception):
-    pass
+class NotFoundError(JobError):
+    status = 404
 
 
-class ConflictError(Exception):
-    pass
+class Forbidden(JobError):
+    status = 403
 
 
-class Rejected(ValueError):
+class ConflictError(JobError):
+    status = 409
+
+
+class Rejected(JobError, ValueError):
     """A well-formed request this service refuses; ``field`` names the culprit."""
 
+    status = 422
+
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field)
 
 
 #: Algorithms whose search can be continued by telling a new sampler the results so far.

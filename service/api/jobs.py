@@ -16,7 +16,6 @@ from service.auth import Principal
 from service.errors import ApiError
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.jobs import ConflictError, Forbidden, NotFoundError, Rejected
 from service.launcher import LaunchError
 from service.store.entities import JOB_STATUSES, TERMINAL
 
@@ -38,10 +37,7 @@ _SPEC_BODY = {
 
 
 def _job(ctx: Context, job_id: str) -> Any:
-    try:
-        return ctx.jobs.get(job_id)
-    except NotFoundError as exc:
-        raise ApiError(404, str(exc), [{"field": "path.job_id", "message": "not found"}])
+    return ctx.jobs.get(job_id)  # NotFoundError -> 404 naming path.job_id
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -67,10 +63,7 @@ async def submit(request: Request, response: Response, ctx: Ctx, who: Who,
     """Submit a search spec (JSON, or YAML with Content-Type application/yaml)."""
     body = await _read_body(request, ctx.settings.max_body_bytes)
     spec = load_spec(body, request.headers.get("content-type"))
-    try:
-        job, created = await asyncio.to_thread(ctx.jobs.submit, spec, who, idempotency_key)
-    except Rejected as exc:
-        raise ApiError(422, str(exc), [{"field": exc.field, "message": str(exc)}])
+    job, created = await asyncio.to_thread(ctx.jobs.submit, spec, who, idempotency_key)
     if ctx.supervisor is not None and created:
         ctx.supervisor.wake()
     response.status_code = 201 if created else 200
@@ -111,15 +104,7 @@ def best(job_id: JobId, ctx: Ctx, who: Who) -> Any:
 
 @router.post("/{job_id}/cancel", response_model=JobView, responses=error_responses(403, 409))
 def cancel(job_id: JobId, ctx: Ctx, who: Who) -> Any:
-    try:
-        job = ctx.jobs.cancel(job_id, who)
-    except NotFoundError as exc:
-        raise ApiError(404, str(exc), [{"field": "path.job_id", "message": "not found"}])
-    except Forbidden as exc:
-        raise ApiError(403, str(exc), [{"field": "path.job_id", "message": "not yours"}])
-    except ConflictError as exc:
-        raise ApiError(409, str(exc), [{"field": "path.job_id", "message": "finished"}])
-    return ctx.jobs.view(job)
+    return ctx.jobs.view(ctx.jobs.cancel(job_id, who))
 
 
 _TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
@@ -133,16 +118,7 @@ class Extension(BaseModel):
 @router.post("/{job_id}/extend", response_model=JobView, responses=error_responses(403, 409))
 def extend(job_id: JobId, body: Extension, ctx: Ctx, who: Who) -> Any:
     """Run more trials of a succeeded job; the sampler is told every finished trial."""
-    try:
-        job = ctx.jobs.extend(job_id, body.num_trials, who)
-    except NotFoundError as exc:
-        raise ApiError(404, str(exc), [{"field": "path.job_id", "message": "not found"}])
-    except Forbidden as exc:
-        raise ApiError(403, str(exc), [{"field": "path.job_id", "message": "not yours"}])
-    except ConflictError as exc:
-        raise ApiError(409, str(exc), [{"field": "path.job_id", "message": "wrong state"}])
-    except Rejected as exc:
-        raise ApiError(422, str(exc), [{"field": exc.field, "message": str(exc)}])
+    job = ctx.jobs.extend(job_id, body.num_trials, who)
     if ctx.supervisor is not None:
         ctx.supervisor.wake()
     return ctx.jobs.view(job)
