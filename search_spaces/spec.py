@@ -269,10 +269,13 @@ class SearchSpec(_Strict):
 
     @property
     def task_kind(self) -> str:
+        """Built-in tasks know their kind; user tables and plugin tasks say it in
+        ``task_options.kind`` (default classification). The trainer refuses data of
+        another kind than the spec was validated for."""
         info = catalog.TASKS.get(self.task)
-        if info is not None and info.n_samples is None:
+        if info is None or info.n_samples is None:
             return str(self.task_options.get("kind", "classification"))
-        return info.kind if info else "classification"
+        return info.kind
 
     def searched(self) -> dict[str, Range | Choices]:
         """The parameters that vary between trials."""
