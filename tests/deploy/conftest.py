@@ -91,7 +91,7 @@ def stack() -> Iterator[Stack]:
     regtune_db, mlflow_db = f"regtune_it_{suffix}", f"mlflow_it_{suffix}"
     tmp = Path(tempfile.mkdtemp(prefix="regtune-deploy-"))
     # Ray's unix sockets live under its temp dir: keep the path short.
-    ray_temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    ray_temp = Path(tempfile.mkdtemp(prefix="rgd-", dir="/tmp"))
     values = native.native_values(tmp, pg_user, regtune_db, mlflow_db, ray_temp)
     for key in ("storage_path", "data_root", "data_dir", "artifacts_dir"):
         Path(values[key]).mkdir(parents=True, exist_ok=True)
