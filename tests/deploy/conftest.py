@@ -79,7 +79,7 @@ def _wait_job(api: httpx.Client, job_id: str, timeout: float) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout}s")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack() -> Iterator[Stack]:
     t0 = time.monotonic()
     try:
@@ -162,9 +162,9 @@ def stack() -> Iterator[Stack]:
         assert dropped, "the test databases were not dropped"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def finished(stack: Stack) -> Stack:
-    """The job of SPEC, submitted over HTTP and run to its end."""
+    """The job of SPEC, submitted over HTTP and run to its end (once per package run)."""
     if stack.job is None:
         t0 = time.monotonic()
         response = stack.api.post("/v1/jobs", json=SPEC)
