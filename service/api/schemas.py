@@ -92,7 +92,7 @@ class TrialView(BaseModel):
     iteration: int
     objective: float | None = None
     mlflow_run_id: str | None = None
-    node: str | None = None
+    node: str | None = None  # the Ray node id the trial ran on
     gpu_ids: list[str] = []
     created_at: datetime
     updated_at: datetime

@@ -165,7 +165,8 @@ class StoreTrialCallback(Callback):
                                       iteration=int(result.get("training_iteration", 0)),
                                       objective=objective, mlflow_run_id=self._run_id(trial))
         if result.get("training_iteration") == 1:
-            fields.update(node=result.get("node_ip"),
+            # The Ray node id: unique, where IPs repeat (nodes sharing a host).
+            fields.update(node=result.get("node_id"),
                           gpu_ids=[g for g in str(result.get("gpu_ids", "")).split(",") if g])
         stored = self.store.upsert_trial(self.job_id, trial.trial_id, **fields)
         self.store.add_event(self.job_id, "trial_result",

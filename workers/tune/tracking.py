@@ -35,7 +35,10 @@ class ParentRun:
             return found.experiment_id
         location = f"{artifact_root.rstrip('/')}/{self.spec.name}" if artifact_root else None
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            # Tagged as model development so MLflow's UI opens on the runs table.
+            return self.client.create_experiment(
+                name, artifact_location=location,
+                tags={"mlflow.experimentKind": "custom_model_development"})
         except Exception:  # created meanwhile by another driver
             found = self.client.get_experiment_by_name(name)
             if found is None:
