@@ -96,11 +96,13 @@ def run_study(runner: Any, key: str) -> list[str]:
     image = IMAGES / f"results-{key}.png"
     _curves(runner, job, spec, trials, group, image)
     best = job.best or {}
+    config = best.get("config", {})
+    chosen = ", ".join(f"{k}={config.get(k)}" for k in sorted(spec.searched()))
     return [f"## {title}", "",
             f"Spec: `search_spaces/{filename}` ({len(trials)} trials, {spec.train.epochs} epochs, "
             f"{spec.search.algorithm}); wall time {seconds:.0f} s here.", "",
             f"Best {spec.objective.metric}: **{best.get('metric', float('nan')):.4f}** with "
-            f"{', '.join(f'{k}={best.get('config', {}).get(k)}' for k in sorted(spec.searched()))}.",
+            f"{chosen}.",
             "", *_table(spec, trials, metrics), "", f"![{title}](images/{image.name})", ""]
 
 
