@@ -1,0 +1,269 @@
+"""B3: shared prefixes — trials that differ only from their start step share the steps before.
+
+16 trials of one configuration (digits, MLP [64], batch 128, SGD, elastic-net
+λ 1e-3 / l1_ratio 0.5) with 16 *distinct* ``reg_start_step`` values are trained
+twice in the same single-threaded process, side by side:
+
+* **independent**: one unbroken ``Trainer`` per trial;
+* **shared**: :func:`workers.training.prefix.run_plan` on
+  :func:`workers.training.prefix.plan` — an unregularized trunk, and each trial
+  forked off it at its start step (mid-epoch when the step says so).
+
+Compute is counted in optimizer steps (exact, machine-independent) and measured
+in wall time; every metric of every epoch of every trial is compared between
+the two (the promise is bit-identity, so the maximum difference should be 0).
+
+The start steps are laid out several ways, because the saving depends only on
+where they are: with T steps per trial and fork steps f_i the shared cost is
+``max f_i + Σ (T − f_i)`` against ``N·T`` independent.
+
+``python -m bench.b3_prefix [--quick]`` runs it alone and prints the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_ID = "B3"
+N_TRIALS = 16
+GOAL_RATIO = 0.40
+GOAL_DIFF = 1e-6
+SPEC: dict[str, Any] = {
+    "name": "b3", "task": "digits",
+    "objective": {"loss": "cross_entropy", "metric": "val_accuracy"},
+    "model": {"name": "mlp", "hidden_sizes": [64]},
+    "train": {"epochs": 12, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "seed": 1},
+}
+STEPS_PER_EPOCH = math.ceil(1437 / 128)  # digits: 1437 training rows
+
+
+def _command(quick: bool) -> str:
+    return f"python -m bench {'--quick ' if quick else ''}--only {BENCH_ID}"
+
+
+def spread(total: int, low: float, high: float, n: int = N_TRIALS) -> list[int]:
+    """``n`` distinct start steps evenly spaced over [low·T, high·T)."""
+    starts = sorted({int(round(total * (low + (high - low) * i / n))) for i in range(n)})
+    if len(starts) != n:
+        raise ValueError(f"{n} distinct start steps do not fit in [{low}, {high}) of {total}")
+    return starts
+
+
+#: Axis labels for the plot.
+SHORT = {"uniform over the whole run [0, T)": "[0, T)", "uniform over [0.4·T, T)": "[0.4T, T)",
+         "uniform over the second half [T/2, T)": "[T/2, T)",
+         "4 starts in [T/2, T) × 4 λ": "4 starts in\n[T/2, T) × 4 λ"}
+
+
+def layouts(total: int) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(name, per-trial sampled params) for each layout of start steps."""
+    base = {"reg_lambda": 1e-3, "l1_ratio": 0.5}
+    out = [
+        ("uniform over the whole run [0, T)", spread(total, 0.0, 1.0)),
+        ("uniform over [0.4·T, T)", spread(total, 0.4, 1.0)),
+        ("uniform over the second half [T/2, T)", spread(total, 0.5, 1.0)),
+    ]
+    result = [(name, [{**base, "reg_start_step": s} for s in starts]) for name, starts in out]
+    # λ varies too: 4 start steps × 4 λ (λ only acts after the start, so one trunk serves all)
+    starts = spread(total, 0.5, 1.0, 4)
+    result.append(("4 starts in [T/2, T) × 4 λ", [
+        {**base, "reg_lambda": lam, "reg_start_step": s}
+        for s in starts for lam in (1e-4, 1e-3, 3e-3, 1e-2)]))
+    return result
+
+
+def _setups(epochs: int, sampled: list[dict[str, Any]]) -> list[Any]:
+    from search_spaces import SearchSpec
+    from workers.training import build_setup
+
+    spec = SearchSpec.model_validate({**SPEC, "train": {**SPEC["train"], "epochs": epochs}})
+    return [build_setup(spec, spec.resolve_params(p)) for p in sampled]
+
+
+def _max_diff(a: list[list[dict[str, float]]], b: list[list[dict[str, float]]]) -> float:
+    worst = 0.0
+    for ha, hb in zip(a, b):
+        if len(ha) != len(hb):
+            return math.inf
+        for ma, mb in zip(ha, hb):
+            if set(ma) != set(mb):
+                return math.inf
+            for key in ma:
+                x, y = float(ma[key]), float(mb[key])
+                if not (math.isnan(x) and math.isnan(y)):
+                    worst = max(worst, abs(x - y))
+    return worst
+
+
+def measure_layout(epochs: int, sampled: list[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    from workers.training import Trainer
+    from workers.training.prefix import plan, run_plan
+
+    cpu = torch.device("cpu")
+    setups = _setups(epochs, sampled)
+    t0, c0 = time.perf_counter(), time.process_time()
+    independent = []
+    for setup in setups:
+        trainer = Trainer(setup, cpu)
+        history = []
+        while not trainer.done:
+            history.append(trainer.train_epoch())
+        independent.append(history)
+    t1, c1 = time.perf_counter(), time.process_time()
+    the_plan = plan(setups)
+    shared = run_plan(the_plan, device=cpu)
+    t2, c2 = time.perf_counter(), time.process_time()
+    starts = [int(s.params["reg_start_step"]) for s in setups]
+    return {
+        "starts": starts, "total_steps": the_plan.groups[0].total_steps,
+        "independent_steps": shared.independent_steps, "shared_steps": shared.steps,
+        "planned_steps": the_plan.steps, "ratio": shared.ratio,
+        "independent_s": t1 - t0, "shared_s": t2 - t1, "wall_ratio": (t2 - t1) / (t1 - t0),
+        "cpu_ratio": (c2 - c1) / (c1 - c0),
+        "evaluations": shared.evaluations, "independent_evaluations":
+            shared.independent_evaluations, "forks": shared.forks,
+        "max_diff": _max_diff(independent, shared.histories),
+    }
+
+
+def expected_ratio(starts: list[int], total: int) -> float:
+    """(max f + Σ (T − f)) / (N·T) for fork steps f = min(start, T)."""
+    forks = [min(s, total) for s in starts]
+    return (max(forks) + sum(total - f for f in forks)) / (len(forks) * total)
+
+
+def plot(results: list[tuple[str, dict[str, Any]]], out_dir: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tree, ax_bar) = plt.subplots(1, 2, figsize=(11, 4.2),
+                                          gridspec_kw={"width_ratios": [1.1, 1]})
+    name, first = results[0]
+    total = first["total_steps"]
+    forks = sorted(first["starts"])
+    ax_tree.plot([0, max(forks)], [0, 0], color="black", lw=3, label="trunk (shared)")
+    for row, f in enumerate(forks, start=1):
+        ax_tree.plot([f, f], [0, row], color="grey", lw=0.6, ls=":")
+        ax_tree.plot([f, total], [row, row], color="tab:blue", lw=2,
+                     label="branch (own steps)" if row == 1 else None)
+    ax_tree.set_xlabel("optimizer step")
+    ax_tree.set_ylabel("trial (by start step)")
+    ax_tree.set_title(f"the plan: {name}", fontsize=9)
+    ax_tree.legend(fontsize=7, loc="upper left")
+
+    labels = [SHORT.get(n, n) for n, _ in results]
+    x = range(len(results))
+    ax_bar.bar([i - 0.27 for i in x], [r["ratio"] for _, r in results], width=0.27,
+               label="optimizer steps, shared ÷ independent")
+    ax_bar.bar([i for i in x], [r["cpu_ratio"] for _, r in results], width=0.27,
+               label="CPU time, shared ÷ independent")
+    ax_bar.bar([i + 0.27 for i in x], [r["wall_ratio"] for _, r in results], width=0.27,
+               label="wall time, shared ÷ independent")
+    ax_bar.axhline(GOAL_RATIO, color="tab:red", ls=":", label=f"goal ≤ {GOAL_RATIO:.0%}")
+    ax_bar.set_xticks(list(x), labels, fontsize=8)
+    ax_bar.set_xlabel("start steps (16 distinct, evenly spaced)")
+    ax_bar.set_ylim(0, 1)
+    ax_bar.set_title(f"B3: {N_TRIALS} trials with distinct start steps", fontsize=9)
+    ax_bar.legend(fontsize=7)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "b3_prefix.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        return path.resolve().relative_to(repo).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def run(quick: bool, out_dir: Path) -> dict[str, Any]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    epochs = 4 if quick else SPEC["train"]["epochs"]
+    total = epochs * STEPS_PER_EPOCH
+    try:
+        _setups(1, [{}])  # warm-up: imports, scikit-learn's loader
+        from workers.training import Trainer
+
+        Trainer(_setups(1, [{}])[0], torch.device("cpu")).train_epoch()
+        results = [(name, measure_layout(epochs, sampled)) for name, sampled in layouts(total)]
+    finally:
+        torch.set_num_threads(threads)
+    link = plot(results, Path(out_dir))
+    rows = []
+    for name, r in results:
+        rows.append([name, r["total_steps"], r["independent_steps"], r["shared_steps"],
+                     r["ratio"], expected_ratio(r["starts"], r["total_steps"]),
+                     r["independent_s"], r["shared_s"], r["wall_ratio"], r["cpu_ratio"],
+                     f"{r['evaluations']}/{r['independent_evaluations']}", r["max_diff"]])
+    primary = results[0][1]
+    met = primary["ratio"] <= GOAL_RATIO and all(r["max_diff"] <= GOAL_DIFF for _, r in results)
+    meeting = [name for name, r in results if r["ratio"] <= GOAL_RATIO]
+    n = N_TRIALS
+    notes = [
+        f"Each trial: digits, MLP [64], batch 128, SGD 0.1/0.9, {epochs} epochs = "
+        f"{total} optimizer steps (T); the {n} trials differ only in reg_start_step "
+        "(last row: 4 start steps × 4 λ). Same process, one thread, independent first, "
+        "then shared.",
+        f"Uniform over the whole run ({results[0][1]['starts'][:4]}…): the shared plan costs "
+        f"{primary['ratio']:.0%} of the independent steps — the ≤ {GOAL_RATIO:.0%} goal is "
+        "NOT met there, and cannot be: a trial starting at f still trains T − f steps of its "
+        f"own, so evenly spread starts leave (N+1)/(2N) + (N−1)/N² = "
+        f"{(n + 1) / (2 * n) + (n - 1) / n ** 2:.0%} for N = {n} (→ 50% as N grows).",
+        "In general shared/independent = mean(1 − f/T) + max f/(N·T): the goal needs the "
+        f"mean start step at ≥ ~2/3 of the run for N = {n}. Layouts meeting it here: "
+        + ("; ".join(meeting) if meeting else "none") + ".",
+        "Wall time saves less than steps: every trial is still evaluated on the full "
+        "train and validation splits every epoch once it has forked (evaluations "
+        "shared/independent in the table; an evaluation costs about as much as a few "
+        "steps here), and each fork deep-copies the trainer (in memory, sharing the data).",
+        "Max |Δ| is over every metric of every epoch of every trial, shared vs independent; "
+        "0 means bit-identical.",
+        "The machine is shared with other sessions: wall times are noisy (load average "
+        f"{load_before[0]:.1f} at the start; independent runs first, then shared, so a "
+        "change in load between them skews the wall ratio). The process's CPU time is "
+        "less sensitive to that; the step counts not at all. "
+        f"B3 ran in {time.monotonic() - started:.0f} s.",
+    ]
+    return {
+        "id": BENCH_ID,
+        "title": "Shared prefixes: trials that differ only after their start step",
+        "command": _command(quick),
+        "tables": [{
+            "caption": f"{n} trials with distinct start steps: independent vs shared prefix",
+            "columns": ["start steps", "T", "independent steps", "shared steps",
+                        "steps ratio", "formula", "independent s", "shared s", "wall ratio",
+                        "CPU-time ratio",
+                        "evaluations", "max |Δ| metric"],
+            "rows": rows,
+        }],
+        "plots": [link],
+        "notes": notes,
+        "goal": f"{n} trials with distinct reg_start_step values cost ≤ {GOAL_RATIO:.0%} of the "
+                "compute of training them independently (start steps spread uniformly over "
+                "the run), with the same final metrics",
+        "met": bool(met),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--plots", type=Path,
+                        default=Path(__file__).resolve().parent / "plots")
+    args = parser.parse_args()
+    print(json.dumps(run(args.quick, args.plots), indent=1, default=str))

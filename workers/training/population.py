@@ -1,0 +1,802 @@
+"""K small trials trained as one batched model in one process (issue 7, B2).
+
+Trials of the digits MLP (or the linear model) are far too small to keep a CPU
+core busy: per optimizer step the unbatched :class:`~workers.training.trainer.Trainer`
+spends most of its time in Python and operator dispatch, not in arithmetic. A
+*population* stacks the parameters of K such trials along a leading member axis
+and trains them with a few large matrix products (one ``addmm`` over all
+members' stacked first-layer weights, grouped ``baddbmm`` products after it),
+so one step costs a handful of operators whatever K is.
+
+Equivalence with the unbatched trainer is the contract, member by member — to
+float32 rounding, not bit for bit (the grouped products round differently in
+the last bit; docs/training.md gives the measured tolerance):
+
+* **Initialisation**: the model is built exactly as ``Trainer(setups[i])``
+  builds it (``torch.manual_seed(seed)``, then the model factory) — members
+  share seed and architecture, so that is every member's initialisation — and
+  its parameters are stacked K times. The data order comes from the same seeded
+  generator.
+* **Per-member hyperparameters**: ``loss``, ``reg_lambda``, ``l1_ratio``,
+  ``focal_gamma``, ``focal_alpha``, ``huber_delta``, ``smooth_l1_weight``,
+  ``reg_start_step``, ``reg_ramp_steps``, ``lr`` and ``momentum`` may all differ.
+  The per-sample losses, the 000 blend and the penalty are evaluated for every
+  member with its own values (tensors of shape ``(K, 1)``), each member's batch
+  mean is taken separately, and the objective is the *sum* of the members'
+  objectives, whose gradient with respect to member i's parameters is exactly
+  member i's own gradient.
+* **Optimizers**: SGD with momentum and Adam, re-implemented on the stacked
+  tensors with the same floating-point operations as ``torch.optim``'s
+  single-tensor code paths (the ones used on the CPU), each member with its own
+  ``lr`` (and ``momentum``).
+* **Dropout**: all members of a population share the seed, hence the RNG state,
+  so one mask per layer and step is drawn exactly as ``nn.Dropout`` would draw it
+  in the unbatched run and applied to every member.
+* **Metrics**: the formulas of ``Trainer.evaluate`` and metrics.py, vectorized
+  over members, so the dictionaries have exactly the keys and meaning of
+  ``Trainer.train_epoch()``.
+
+Members must share everything that fixes the computation's *shape* or the data
+order: task and its options, model and architecture, dropout, optimizer,
+batch size, epochs, seed and data root. :func:`group_compatible` splits a list
+of setups into populations; :class:`PopulationTrainer` refuses a mixed list. The
+CNN is refused (grouped convolutions are possible but not implemented), and so
+is a loss without a batched form here (every built-in loss has one).
+
+Stopping a member (:meth:`PopulationTrainer.stop`) removes its rows from every
+stacked tensor, so it costs nothing afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from search_spaces import catalog
+from workers.training import metrics as M
+from workers.training.device import select_device
+from workers.training.losses import PredictionLoss
+from workers.training.models import ModelShape, build_model
+from workers.training.penalties import penalized_weights
+from workers.training.schedules import RegSchedule
+from workers.training.setup import TrialSetup
+from workers.training.tasks import load_task
+from workers.training.trainer import CHECKPOINT_FORMAT, EVAL_CHUNK, ORDER_SEED_OFFSET
+
+POPULATION_FILE = "population.pt"
+POPULATION_FORMAT = 1
+#: Models a population can batch (stacks of ``nn.Linear`` with ReLU in between).
+BATCHABLE_MODELS = ("linear", "mlp")
+#: Losses with a batched form below.
+BATCHABLE_LOSSES = ("cross_entropy", "focal", "l1", "mse", "smooth_l1")
+#: Params that must be equal across members (they fix shapes, RNG use or data order).
+SHARED_PARAMS = ("batch_size", "dropout")
+#: torch.optim.Adam defaults, which the library's ``adam`` uses.
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def compatibility_key(setup: TrialSetup) -> tuple[Any, ...]:
+    """What members of one population must agree on (a hashable value)."""
+    return (setup.task, tuple(sorted((k, repr(v)) for k, v in setup.task_options.items())),
+            setup.kind, setup.model, tuple(setup.hidden_sizes), tuple(setup.channels),
+            setup.optimizer, setup.epochs, setup.seed,
+            str(setup.data_root) if setup.data_root is not None else None,
+            *(float(setup.params[name]) for name in SHARED_PARAMS))
+
+
+def group_compatible(setups: Sequence[TrialSetup]) -> list[list[int]]:
+    """Indices of ``setups`` grouped into populations, in order of first appearance.
+
+    Each group can be handed to one :class:`PopulationTrainer`. The grouping does
+    not check that a model can be batched at all (the trainer refuses a CNN).
+    """
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, setup in enumerate(setups):
+        groups.setdefault(compatibility_key(setup), []).append(i)
+    return list(groups.values())
+
+
+@dataclass
+class _Member:
+    """One member's static hyperparameters and its evolving schedule state."""
+
+    index: int  # position in the setups list given to the trainer
+    setup: TrialSetup
+    schedule: RegSchedule
+    reg_lambda: float
+    l1_ratio: float
+    blend: float
+    lr: float
+    momentum: float
+    initial_norms: tuple[float, float] | None = None
+
+
+def _column(values: Sequence[float], like: Tensor, dims: int) -> Tensor:
+    """A float tensor of shape (K, 1, ..., 1) with ``dims`` trailing singleton axes."""
+    return torch.tensor(list(values), dtype=like.dtype, device=like.device).reshape(
+        -1, *([1] * dims))
+
+
+# --- batched per-sample losses (mirroring workers/training/losses.py) ------------------
+
+
+def _log_pt(logits: Tensor, target: Tensor) -> Tensor:
+    """log p_target for class-major logits (K, C, N) -> (K, N).
+
+    Softmax over dim 1 of a (K, C, N) tensor is an order of magnitude faster on
+    the CPU than over a last dimension of size C = 10 (the values agree to
+    float32 rounding, not bit for bit).
+    """
+    index = target.reshape(1, 1, -1).expand(logits.shape[0], 1, -1)
+    return F.log_softmax(logits, dim=1).gather(1, index).squeeze(1)
+
+
+def _huber(a: Tensor, delta: Tensor) -> Tensor:
+    abs_a = a.abs()
+    return torch.where(abs_a < delta, 0.5 * a * a, delta * (abs_a - 0.5 * delta))
+
+
+def _residual(name: str, members: Sequence[_Member], a: Tensor) -> Tensor:
+    """Elementwise residual loss ``name`` with each member's own δ (rows = members)."""
+    if name == "l1":
+        return a.abs()
+    if name == "mse":
+        return a ** 2
+    if name == "smooth_l1":
+        delta = _column([float(m.setup.params["huber_delta"]) for m in members], a, a.dim() - 1)
+        return _huber(a, delta)
+    raise ValueError(f"no batched form of loss {name!r}")
+
+
+def _batched_loss(name: str, kind: str, members: Sequence[_Member], out: Tensor,
+                  target: Tensor) -> Tensor:
+    """Per-sample loss ``name`` for each member: class-major ``out`` (K, C, B) -> (K, B)."""
+    if name == "cross_entropy":
+        return -_log_pt(out, target)
+    if name == "focal":
+        log_pt = _log_pt(out, target)
+        alpha = _column([float(m.setup.params["focal_alpha"]) for m in members], out, 1)
+        gammas = [float(m.setup.params["focal_gamma"]) for m in members]
+        if all(g == 0.0 for g in gammas):
+            return -alpha * log_pt
+        gamma = _column(gammas, out, 1)
+        one_minus_pt = (-torch.expm1(log_pt)).clamp_min(torch.finfo(log_pt.dtype).tiny)
+        return -alpha * one_minus_pt.pow(gamma) * log_pt
+    if kind == "classification":
+        probs = F.softmax(out, dim=1)
+        onehot = F.one_hot(target, num_classes=out.shape[1]).t().to(probs.dtype)
+        return _residual(name, members, probs - onehot).mean(dim=1)
+    return _residual(name, members, out.reshape(out.shape[0], -1) - target)
+
+
+# --- batched metrics (mirroring workers/training/metrics.py, one row per member) -------
+
+
+def _rows(values: Tensor) -> list[float]:
+    return [float(v) for v in values.tolist()]
+
+
+def _classification_metrics(logits: Tensor, target: Tensor,
+                            n_classes: int) -> dict[str, list[float]]:
+    """metrics.classification_metrics for class-major logits (K, C, N)."""
+    k, _, n = logits.shape
+    probs = torch.softmax(logits.double(), dim=1)
+    # max(dim).indices is argmax (the first maximum on ties, NaN counting as the
+    # maximum) and much faster than argmax over a non-last dimension.
+    confidence, pred = probs.max(dim=1)
+    offsets = torch.arange(k, device=logits.device).unsqueeze(1)
+    idx = offsets * (n_classes * n_classes) + target.long() * n_classes + pred.long()
+    confusion = torch.bincount(idx.reshape(-1), minlength=k * n_classes * n_classes)
+    confusion = confusion.reshape(k, n_classes, n_classes).double()  # [member, true, pred]
+    tp = confusion.diagonal(dim1=1, dim2=2)
+    predicted = confusion.sum(dim=1)
+    actual = confusion.sum(dim=2)
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
+    recall = torch.where(actual > 0, tp / actual.clamp_min(1), torch.zeros_like(tp))
+    denom = precision + recall
+    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp_min(1e-300),
+                     torch.zeros_like(tp))
+    # expected_calibration_error, NaN for a member whose confidences are not finite
+    finite = torch.isfinite(confidence).all(dim=1)
+    safe = torch.where(finite.unsqueeze(1), confidence, torch.zeros_like(confidence))
+    correct = (pred == target).double()
+    bins = (torch.ceil(safe * M.ECE_BINS) - 1).clamp(0, M.ECE_BINS - 1).long()
+    flat = (offsets * M.ECE_BINS + bins).reshape(-1)
+    conf_sum = torch.bincount(flat, weights=safe.reshape(-1), minlength=k * M.ECE_BINS)
+    acc_sum = torch.bincount(flat, weights=correct.reshape(-1), minlength=k * M.ECE_BINS)
+    ece = (conf_sum - acc_sum).reshape(k, M.ECE_BINS).abs().sum(dim=1) / max(1, n)
+    ece = torch.where(finite, ece, torch.full_like(ece, math.nan))
+    return {
+        "val_accuracy": _rows((pred == target).double().mean(dim=1)),
+        "val_precision": _rows(precision.mean(dim=1)),
+        "val_recall": _rows(recall.mean(dim=1)),
+        "val_f1": _rows(f1.mean(dim=1)),
+        "val_ece": _rows(ece),
+    }
+
+
+def _regression_metrics(pred: Tensor, target: Tensor) -> dict[str, list[float]]:
+    """metrics.regression_metrics for predictions (K, N)."""
+    y = target.double()
+    diff = pred.double() - y
+    ss_res = ((y - pred.double()) ** 2).sum(dim=1)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    if ss_tot == 0.0:
+        r2 = [1.0 if v == 0.0 else 0.0 for v in ss_res.tolist()]
+    else:
+        r2 = [1.0 - v / ss_tot for v in ss_res.tolist()]
+    return {"val_mae": _rows(diff.abs().mean(dim=1)),
+            "val_rmse": [math.sqrt(v) for v in (diff * diff).mean(dim=1).tolist()],
+            "val_r2": r2}
+
+
+def _weight_metrics(weights: Sequence[Tensor],
+                    initial: Sequence[tuple[float, float] | None]) -> dict[str, list[float]]:
+    """metrics.weight_metrics for stacked weights (K, ...) per layer."""
+    with torch.no_grad():
+        l1 = sum(w.detach().double().abs().flatten(1).sum(dim=1) for w in weights)
+        sq = sum(w.detach().double().pow(2).flatten(1).sum(dim=1) for w in weights)
+        small = sum((w.detach().abs() < M.SPARSITY_THRESHOLD).flatten(1).sum(dim=1)
+                    for w in weights)
+    total = sum(w[0].numel() for w in weights)
+    out: dict[str, list[float]] = {name: [] for name in (
+        "weight_l1", "weight_l2", "weight_l1_rel", "weight_l2_rel", "weight_sparsity")}
+    rows = zip(l1.tolist(), sq.tolist(), small.tolist(), initial)  # type: ignore[union-attr]
+    for a, s, z, norms in rows:
+        l2 = math.sqrt(s)
+        l1_rel = l2_rel = 1.0
+        if norms is not None:
+            l1_rel = a / norms[0] if norms[0] > 0 else 1.0
+            l2_rel = l2 / norms[1] if norms[1] > 0 else 1.0
+        out["weight_l1"].append(a)
+        out["weight_l2"].append(l2)
+        out["weight_l1_rel"].append(l1_rel)
+        out["weight_l2_rel"].append(l2_rel)
+        out["weight_sparsity"].append(z / total if total else 0.0)
+    return out
+
+
+class PopulationTrainer:
+    """Trains K compatible setups as one batched model, one epoch per :meth:`train_epoch`.
+
+    ``train_epoch()`` returns one metrics dict per *active* member, in the order
+    of :attr:`active` (indices into ``setups``; stopped members are left out).
+    """
+
+    def __init__(self, setups: Sequence[TrialSetup], device: torch.device | None = None) -> None:
+        setups = list(setups)
+        if not setups:
+            raise ValueError("a population needs at least one setup")
+        if len(group_compatible(setups)) != 1:
+            raise ValueError("setups differ in task, model, architecture, dropout, optimizer, "
+                             "batch size, epochs, seed or data root; split them with "
+                             "group_compatible(setups) and train one population per group")
+        first = setups[0]
+        if first.model not in BATCHABLE_MODELS:
+            raise ValueError(f"model {first.model!r} cannot be batched; populations support "
+                             f"{list(BATCHABLE_MODELS)} (train it with Trainer instead)")
+        if first.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"no batched form of optimizer {first.optimizer!r}")
+        self.setups = setups
+        self.device = torch.device(device) if device is not None else select_device()
+        data = load_task(first.task).load(first.task_options, first.data_root)
+        if data.kind != first.kind:
+            raise ValueError(f"task {first.task!r} produced {data.kind} data, but the spec was "
+                             f"validated as {first.kind}")
+        self.data = data.to(self.device)
+        params = first.params
+        self.batch_size = int(params["batch_size"])
+        self.dropout = float(params["dropout"])
+        self.epochs = first.epochs
+        self.n_train = len(data.x_train)
+        self.steps_per_epoch = catalog.steps_per_epoch(self.n_train, self.batch_size)
+        self.optimizer = first.optimizer
+
+        shape = ModelShape(in_features=data.in_features, n_outputs=data.n_outputs,
+                           image_shape=data.image_shape, hidden_sizes=first.hidden_sizes,
+                           channels=first.channels, dropout=self.dropout)
+        # Exactly Trainer.__init__'s initialisation. Members share seed, model, shape and
+        # dropout (the compatibility key), so every member's initial weights are these.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(first.seed)
+            model = build_model(first.model, shape)
+            self._rng_cpu = torch.get_rng_state()
+        linears = self._linears(model)
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._names = [(names[id(m.weight)], names[id(m.bias)]) for m in linears]
+        self._rng_cuda: Tensor | None = None
+        if self.device.type == "cuda":
+            self._rng_cuda = self._seeded_cuda_state(first.seed)
+        # Stacked leaves, [W_0, b_0, W_1, b_1, ...]; row k belongs to member self._members[k].
+        self._params: list[Tensor] = []
+        for module in linears:
+            for tensor in (module.weight, module.bias):
+                stacked = tensor.detach().unsqueeze(0).repeat(len(setups), *([1] * tensor.dim()))
+                self._params.append(stacked.to(self.device).requires_grad_())
+        self._members = [self._member(i, s) for i, s in enumerate(setups)]
+        # Optimizer state, stacked like the params; None until the first step.
+        self._momentum: list[Tensor] | None = None
+        self._exp_avg: list[Tensor] | None = None
+        self._exp_avg_sq: list[Tensor] | None = None
+        self._adam_steps = 0
+        self._order = torch.Generator(device="cpu")
+        self._order.manual_seed(first.seed + ORDER_SEED_OFFSET)
+        self._epoch = 0
+        self._step = 0
+        self._hyper_cache: dict[str, Any] = {}
+
+    # --- construction helpers ------------------------------------------------------
+
+    @staticmethod
+    def _linears(model: nn.Module) -> list[nn.Linear]:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if [id(w) for w in penalized_weights(model)] != [id(m.weight) for m in linears]:
+            raise ValueError("population batching expects a stack of Linear layers only")
+        return linears
+
+    def _seeded_cuda_state(self, seed: int) -> Tensor:
+        with torch.random.fork_rng(devices=[self._cuda_index()]):
+            torch.manual_seed(seed)
+            # Trainer draws its initial weights on the CPU and moves them, so the CUDA
+            # generator is untouched after seeding.
+            return torch.cuda.get_rng_state(self.device)
+
+    def _cuda_index(self) -> int:
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+
+    def _member(self, index: int, setup: TrialSetup) -> _Member:
+        p = setup.params
+        if not 0.0 <= float(p["smooth_l1_weight"]) <= 1.0:
+            raise ValueError(f"smooth_l1_weight must be in [0, 1], got {p['smooth_l1_weight']}")
+        if float(p["reg_lambda"]) < 0 or not 0.0 <= float(p["l1_ratio"]) <= 1.0:
+            raise ValueError("reg_lambda must be >= 0 and l1_ratio in [0, 1]")
+        if setup.loss not in BATCHABLE_LOSSES:
+            raise ValueError(f"loss {setup.loss!r} has no batched form; populations support "
+                             f"{list(BATCHABLE_LOSSES)}")
+        PredictionLoss.build(setup.kind, p)  # the same validation the Trainer does
+        return _Member(index=index, setup=setup,
+                       schedule=RegSchedule.from_params(p), reg_lambda=float(p["reg_lambda"]),
+                       l1_ratio=float(p["l1_ratio"]), blend=float(p["smooth_l1_weight"]),
+                       lr=float(p["lr"]), momentum=float(p["momentum"]))
+
+    # --- counters ------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """Completed epochs (shared by all members)."""
+        return self._epoch
+
+    @property
+    def step(self) -> int:
+        """Completed optimizer steps (shared by all members)."""
+        return self._step
+
+    @property
+    def active(self) -> list[int]:
+        """Indices into ``setups`` of the members still training, ascending."""
+        return [m.index for m in self._members]
+
+    @property
+    def done(self) -> bool:
+        """All epochs trained, or every member stopped."""
+        return self._epoch >= self.epochs or not self._members
+
+    def stop(self, member_index: int) -> None:
+        """Stop training member ``member_index`` (an index into ``setups``).
+
+        Its rows leave every stacked tensor, so the remaining steps cost what a
+        population without it would cost. Stopping a stopped member is an error.
+        """
+        positions = [k for k, m in enumerate(self._members) if m.index == member_index]
+        if not positions:
+            raise ValueError(f"member {member_index} is not active (active: {self.active})")
+        self._keep([k for k in range(len(self._members)) if k != positions[0]])
+
+    def _keep(self, rows: list[int]) -> None:
+        """Compact all per-member state to ``rows`` (positions, ascending)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+
+        def take(tensors: list[Tensor] | None, grad: bool) -> list[Tensor] | None:
+            if tensors is None:
+                return None
+            out = [t.detach().index_select(0, index) for t in tensors]
+            return [t.requires_grad_() for t in out] if grad else out
+
+        self._params = take(self._params, True) or []
+        self._momentum = take(self._momentum, False)
+        self._exp_avg = take(self._exp_avg, False)
+        self._exp_avg_sq = take(self._exp_avg_sq, False)
+        self._members = [self._members[k] for k in rows]
+        self._hyper_cache.clear()
+
+    # --- RNG -------------------------------------------------------------------------
+
+    @contextmanager
+    def _rng_scope(self) -> Iterator[None]:
+        """Like ``Trainer._rng_scope``: the population's (shared) global-RNG state."""
+        devices = [self._cuda_index()] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self._rng_cpu)
+            if self._rng_cuda is not None:
+                torch.cuda.set_rng_state(self._rng_cuda, self.device)
+            try:
+                yield
+            finally:
+                self._rng_cpu = torch.get_rng_state()
+                if self.device.type == "cuda":
+                    self._rng_cuda = torch.cuda.get_rng_state(self.device)
+
+    # --- the batched model ---------------------------------------------------------
+
+    def _forward(self, x: Tensor, train: bool) -> Tensor:
+        """Class-major outputs of every active member for the shared rows ``x``: (K, n_out, N).
+
+        Activations are kept feature-major, (K, features, N): the first layer is
+        then a single matrix product of all members' stacked weights (K·H, F)
+        with xᵀ, later layers are grouped products (``baddbmm``), and the
+        softmax of the loss runs over dim 1, which is fast on the CPU.
+        """
+        n_layers = len(self._params) // 2
+        w, b = self._params[0], self._params[1]
+        k, width = w.shape[0], w.shape[1]
+        h = torch.addmm(b.reshape(k * width, 1), w.reshape(k * width, -1), x.t())
+        h = h.reshape(k, width, -1)
+        for layer in range(1, n_layers):
+            h = torch.relu(h)
+            if train and self.dropout > 0:
+                # The mask nn.Dropout draws in the unbatched run (same (N, H) shape, same
+                # RNG state): F.dropout of ones *is* that scaled mask (input * noise).
+                noise = F.dropout(torch.ones(h.shape[2], h.shape[1], dtype=h.dtype,
+                                             device=h.device), self.dropout, True)
+                h = h * noise.t()
+            w, b = self._params[2 * layer], self._params[2 * layer + 1]
+            h = torch.baddbmm(b.unsqueeze(2), w, h)
+        return h
+
+    def _hyper(self, key: str, values: Sequence[float], dims: int) -> Tensor:
+        """A cached (K, 1, ...) tensor of per-member constants."""
+        cache_key = f"{key}/{dims}"
+        cached = self._hyper_cache.get(cache_key)
+        if cached is None:
+            cached = _column(values, self._params[0], dims)
+            self._hyper_cache[cache_key] = cached
+        return cached
+
+    def _loss_groups(self) -> list[tuple[str, Tensor | None, list[_Member]]]:
+        groups = self._hyper_cache.get("loss_groups")
+        if groups is None:
+            by_name: dict[str, list[int]] = {}
+            for k, m in enumerate(self._members):
+                by_name.setdefault(m.setup.loss, []).append(k)
+            if len(by_name) == 1:
+                groups = [(next(iter(by_name)), None, self._members)]
+            else:
+                groups = [(name, torch.tensor(rows, dtype=torch.long, device=self.device),
+                           [self._members[r] for r in rows]) for name, rows in by_name.items()]
+            self._hyper_cache["loss_groups"] = groups
+        return groups
+
+    def _objective(self, out: Tensor, target: Tensor, factors: list[float]) -> Tensor:
+        """Σ over members of (batch-mean prediction loss + factor · penalty)."""
+        kind = self.setups[0].kind
+        total: Tensor | None = None
+        for name, rows, members in self._loss_groups():
+            group_out = out if rows is None else out.index_select(0, rows)
+            group_factors = factors if rows is None else [factors[int(r)] for r in rows]
+            mixes = [m.blend * f for m, f in zip(members, group_factors)]
+            base = _batched_loss(name, kind, members, group_out, target)
+            if any(mix != 0.0 for mix in mixes):
+                smooth = _batched_loss("smooth_l1", kind, members, group_out, target)
+                mix = _column(mixes, base, 1)
+                blended = (1.0 - mix) * base + mix * smooth
+                zero, one = mix == 0.0, mix == 1.0
+                per_sample = torch.where(zero, base, torch.where(one, smooth, blended))
+            else:
+                per_sample = base
+            part = per_sample.mean(dim=1).sum()
+            total = part if total is None else total + part
+        assert total is not None
+        if any(f > 0.0 and m.reg_lambda > 0.0 for f, m in zip(factors, self._members)):
+            total = total + (_column(factors, out, 0) * self._penalty()).sum()
+        return total
+
+    def _penalty(self) -> Tensor:
+        """Each member's λ·(r·‖w‖₁ + (1−r)·½‖w‖₂²): shape (K,), as penalties.penalty."""
+        weights = self._params[0::2]
+        ratios = [m.l1_ratio for m in self._members]
+        total = torch.zeros(len(self._members), dtype=weights[0].dtype, device=self.device)
+        if any(r > 0.0 for r in ratios):
+            l1 = sum(w.abs().sum(dim=(1, 2)) for w in weights)
+            total = total + self._hyper("l1_ratio", ratios, 0) * l1
+        if any(r < 1.0 for r in ratios):
+            sq = sum((w * w).sum(dim=(1, 2)) for w in weights)
+            total = total + self._hyper("l2_coef", [(1.0 - r) * 0.5 for r in ratios], 0) * sq
+        return self._hyper("reg_lambda", [m.reg_lambda for m in self._members], 0) * total
+
+    def _optimizer_step(self) -> None:
+        params = self._params
+        grads = [p.grad for p in params]
+        with torch.no_grad():
+            if self.optimizer == "sgd":
+                self._sgd_step(params, grads)  # type: ignore[arg-type]
+            else:
+                self._adam_step(params, grads)  # type: ignore[arg-type]
+
+    def _sgd_step(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        """torch.optim.SGD (single-tensor path, dampening 0, no nesterov) per member."""
+        members = self._members
+        if self._momentum is None:
+            self._momentum = [g.detach().clone() for g in grads]
+        else:
+            for buf, g in zip(self._momentum, grads):
+                buf.mul_(self._hyper("momentum", [m.momentum for m in members], buf.dim() - 1))
+                buf.add_(g)
+        for p, buf in zip(params, self._momentum):
+            # addcmul(p, buf, -lr) rounds exactly like SGD's p.add_(buf, alpha=-lr)
+            p.addcmul_(buf, self._hyper("neg_lr", [-m.lr for m in members], p.dim() - 1))
+
+    def _adam_step(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        """torch.optim.Adam (single-tensor path, default betas/eps, no amsgrad) per member."""
+        beta1, beta2 = ADAM_BETAS
+        if self._exp_avg is None or self._exp_avg_sq is None:
+            self._exp_avg = [torch.zeros_like(p) for p in params]
+            self._exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self._adam_steps += 1
+        step = float(self._adam_steps)
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2 = 1 - beta2 ** step
+        bias_correction2_sqrt = bias_correction2 ** 0.5
+        neg_step = [-(m.lr / bias_correction1) for m in self._members]
+        for p, g, m1, m2 in zip(params, grads, self._exp_avg, self._exp_avg_sq):
+            m1.lerp_(g, 1 - beta1)
+            m2.mul_(beta2).addcmul_(g, g.conj(), value=1 - beta2)
+            denom = (m2.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
+            # addcdiv_(m1, denom, value=v) computes p + v * m1 / denom, in that order
+            p.add_(_column(neg_step, p, p.dim() - 1) * m1 / denom)
+
+    # --- training ----------------------------------------------------------------
+
+    def train_epoch(self) -> list[dict[str, float]]:
+        """Train one epoch; one metrics dict per active member (order of :attr:`active`)."""
+        if self.done:
+            raise RuntimeError("the population is done (all epochs trained or all stopped)")
+        x, y = self.data.x_train, self.data.y_train
+        order = torch.randperm(self.n_train, generator=self._order).to(self.device)
+        with self._rng_scope():
+            for start in range(0, self.n_train, self.batch_size):
+                idx = order[start:start + self.batch_size]
+                self._train_step(x[idx], y[idx])
+        self._epoch += 1
+        return self.evaluate()
+
+    def _train_step(self, xb: Tensor, yb: Tensor) -> None:
+        factors = [m.schedule.factor(self._step) for m in self._members]
+        for k, (m, f) in enumerate(zip(self._members, factors)):
+            if f > 0.0 and m.initial_norms is None:
+                m.initial_norms = M.weight_norms(self._member_weights(k))
+        objective = self._objective(self._forward(xb, train=True), yb, factors)
+        for p in self._params:
+            p.grad = None
+        objective.backward()
+        self._optimizer_step()
+        self._step += 1
+
+    def _member_weights(self, position: int) -> list[Tensor]:
+        return [w[position] for w in self._params[0::2]]
+
+    # --- evaluation --------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Every active member's outputs in eval mode: (K, N, n_outputs)."""
+        return self._predict(x).transpose(1, 2)
+
+    @torch.no_grad()
+    def _predict(self, x: Tensor) -> Tensor:
+        """Class-major eval-mode outputs (K, n_outputs, N).
+
+        Same arithmetic as the training forward, but the first layer is computed
+        row-major, xWᵀ of shape (N, K·H): for the ~1400-row evaluation that
+        orientation of the product is markedly faster on the CPU, while for the
+        small training batches (with a backward pass) the feature-major one is.
+        """
+        chunks = []
+        n_layers = len(self._params) // 2
+        w, b = self._params[0], self._params[1]
+        k, width = w.shape[0], w.shape[1]
+        for i in range(0, len(x), EVAL_CHUNK):
+            h = torch.addmm(b.reshape(-1), x[i:i + EVAL_CHUNK], w.reshape(k * width, -1).t())
+            if n_layers > 1:
+                h = h.relu_()  # in place while contiguous: much faster than on the view
+            h = h.reshape(-1, k, width).permute(1, 2, 0)  # (K, H, N), a strided view
+            for layer in range(1, n_layers):
+                w_l, b_l = self._params[2 * layer], self._params[2 * layer + 1]
+                h = torch.baddbmm(b_l.unsqueeze(2), w_l, h)
+                if layer < n_layers - 1:
+                    h = h.relu_()
+            chunks.append(h)
+        return torch.cat(chunks, dim=2)
+
+    @torch.no_grad()
+    def evaluate(self) -> list[dict[str, float]]:
+        """Each active member's metrics now, as ``Trainer.evaluate`` defines them.
+
+        The formulas are those of metrics.py and ``Trainer.evaluate``, evaluated
+        for all members at once (one tensor op per metric instead of K).
+        """
+        d = self.data
+        out_train, out_val = self._predict(d.x_train), self._predict(d.x_val)
+        factors = [m.schedule.factor(self._step - 1) if self._step > 0 else 0.0
+                   for m in self._members]
+        train_loss = self._eval_loss(out_train, d.y_train, factors)
+        val_loss = self._eval_loss(out_val, d.y_val, factors)
+        columns: dict[str, list[float]] = {"train_loss": train_loss, "val_loss": val_loss,
+                                           "loss_gap": [v - t for t, v in zip(train_loss,
+                                                                             val_loss)]}
+        if d.kind == "classification":
+            assert d.n_classes is not None
+            columns["train_accuracy"] = _rows(
+                (out_train.max(dim=1).indices == d.y_train).double().mean(dim=1))
+            columns.update(_classification_metrics(out_val, d.y_val, d.n_classes))
+        else:
+            columns.update(_regression_metrics(out_val.reshape(len(self._members), -1),
+                                               d.y_val))
+        columns.update(_weight_metrics(self._params[0::2],
+                                       [m.initial_norms for m in self._members]))
+        results = []
+        for k, factor in enumerate(factors):
+            result: dict[str, Any] = {"epoch": self._epoch, "step": self._step,
+                                      "reg_active": int(factor > 0.0)}
+            for name, values in columns.items():
+                result[name] = values[k]
+            results.append(result)
+        return results
+
+    def _eval_loss(self, out: Tensor, target: Tensor, factors: list[float]) -> list[float]:
+        """Each member's ``PredictionLoss(out, target, factor)`` averaged in float64."""
+        kind = self.setups[0].kind
+        result = [0.0] * len(self._members)
+        for name, rows, members in self._loss_groups():
+            group_out = out if rows is None else out.index_select(0, rows)
+            positions = list(range(len(members))) if rows is None else [int(r) for r in rows]
+            mixes = [m.blend * factors[p] for m, p in zip(members, positions)]
+            per_sample = _batched_loss(name, kind, members, group_out, target)
+            if any(mix != 0.0 for mix in mixes):
+                smooth = _batched_loss("smooth_l1", kind, members, group_out, target)
+                mix = _column(mixes, per_sample, 1)
+                blended = (1.0 - mix) * per_sample + mix * smooth
+                per_sample = torch.where(mix == 0.0, per_sample,
+                                         torch.where(mix == 1.0, smooth, blended))
+            for p, value in zip(positions, _rows(per_sample.double().mean(dim=1))):
+                result[p] = value
+        return result
+
+    # --- checkpoints -------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically from this epoch boundary."""
+        def copies(tensors: list[Tensor] | None) -> list[Tensor] | None:
+            return None if tensors is None else [t.detach().clone() for t in tensors]
+
+        return copy.deepcopy({
+            "format": POPULATION_FORMAT,
+            "structures": [s.structure() for s in self.setups],
+            "members": self.active,
+            "epoch": self._epoch,
+            "step": self._step,
+            "params": copies(self._params),
+            "momentum": copies(self._momentum),
+            "exp_avg": copies(self._exp_avg),
+            "exp_avg_sq": copies(self._exp_avg_sq),
+            "adam_steps": self._adam_steps,
+            "rng_cpu": self._rng_cpu.clone(),
+            "rng_cuda": None if self._rng_cuda is None else self._rng_cuda.clone(),
+            "order_rng": self._order.get_state(),
+            "initial_norms": [None if m.initial_norms is None else list(m.initial_norms)
+                              for m in self._members],
+        })
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (same setups' structure; hyperparameters from the setups)."""
+        if state.get("format") != POPULATION_FORMAT:
+            raise ValueError(f"unsupported population checkpoint format {state.get('format')!r}")
+        if state["structures"] != [s.structure() for s in self.setups]:
+            raise ValueError("checkpoint belongs to a population of other setups")
+        members = [int(i) for i in state["members"]]
+        self._members = [self._member(i, self.setups[i]) for i in members]
+        for m, norms in zip(self._members, state["initial_norms"]):
+            m.initial_norms = None if norms is None else (float(norms[0]), float(norms[1]))
+
+        def load(tensors: list[Tensor] | None, grad: bool) -> list[Tensor] | None:
+            if tensors is None:
+                return None
+            out = [t.detach().clone().to(self.device) for t in tensors]
+            return [t.requires_grad_() for t in out] if grad else out
+
+        self._params = load(state["params"], True) or []
+        self._momentum = load(state["momentum"], False)
+        self._exp_avg = load(state["exp_avg"], False)
+        self._exp_avg_sq = load(state["exp_avg_sq"], False)
+        self._adam_steps = int(state["adam_steps"])
+        self._epoch, self._step = int(state["epoch"]), int(state["step"])
+        self._rng_cpu = state["rng_cpu"].cpu()
+        if self.device.type == "cuda" and state["rng_cuda"] is not None:
+            self._rng_cuda = state["rng_cuda"].cpu()
+        self._order.set_state(state["order_rng"].cpu())
+        self._hyper_cache.clear()
+
+    def save(self, directory: Path | str) -> Path:
+        """Write ``directory/population.pt`` atomically; returns the file."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / POPULATION_FILE
+        tmp = directory / (POPULATION_FILE + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, target)
+        return target
+
+    def restore(self, directory: Path | str) -> None:
+        """Load a checkpoint written by :meth:`save` (``weights_only``)."""
+        path = Path(directory) / POPULATION_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no {POPULATION_FILE} in {directory}")
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def member_state_dict(self, member_index: int) -> dict[str, Any]:
+        """Member ``member_index``'s state in :class:`Trainer` checkpoint format.
+
+        ``Trainer(setups[i]).load_state_dict(pop.member_state_dict(i))`` continues
+        that member alone, unbatched (e.g. the last survivor of a population, or a
+        PBT exploit that copies one member's weights).
+        """
+        positions = [k for k, m in enumerate(self._members) if m.index == member_index]
+        if not positions:
+            raise ValueError(f"member {member_index} is not active (active: {self.active})")
+        k = positions[0]
+        member = self._members[k]
+        model: dict[str, Tensor] = {}
+        for layer, (w_name, b_name) in enumerate(self._names):
+            model[w_name] = self._params[2 * layer][k].detach().clone()
+            model[b_name] = self._params[2 * layer + 1][k].detach().clone()
+        opt_state: dict[int, dict[str, Any]] = {}
+        if self.optimizer == "sgd":
+            group = {"lr": member.lr, "momentum": member.momentum, "dampening": 0,
+                     "weight_decay": 0, "nesterov": False, "maximize": False, "foreach": None,
+                     "differentiable": False, "fused": None}
+            if self._momentum is not None and member.momentum != 0.0:
+                opt_state = {i: {"momentum_buffer": buf[k].clone()}
+                             for i, buf in enumerate(self._momentum)}
+        else:
+            group = {"lr": member.lr, "betas": ADAM_BETAS, "eps": ADAM_EPS, "weight_decay": 0,
+                     "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+                     "differentiable": False, "fused": None, "decoupled_weight_decay": False}
+            if self._exp_avg is not None and self._exp_avg_sq is not None:
+                opt_state = {i: {"step": torch.tensor(float(self._adam_steps)),
+                                 "exp_avg": m1[k].clone(), "exp_avg_sq": m2[k].clone()}
+                             for i, (m1, m2) in enumerate(zip(self._exp_avg, self._exp_avg_sq))}
+        group["params"] = list(range(len(self._params)))
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "structure": member.setup.structure(),
+            "epoch": self._epoch,
+            "step": self._step,
+            "model": model,
+            "optimizer": {"state": opt_state, "param_groups": [group]},
+            "rng_cpu": self._rng_cpu.clone(),
+            "rng_cuda": None if self._rng_cuda is None else self._rng_cuda.clone(),
+            "order_rng": self._order.get_state(),
+            "initial_norms": None if member.initial_norms is None else list(member.initial_norms),
+        }
+
+
+__all__ = ["BATCHABLE_MODELS", "PopulationTrainer", "compatibility_key", "group_compatible"]
