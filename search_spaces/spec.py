@@ -215,8 +215,19 @@ class Search(_Strict):
 
 
 class Resources(_Strict):
+    """Per trial. A fractional ``gpu`` (0.5) lets two trials share one GPU; each then
+    caps its CUDA memory at ``gpu_memory_fraction`` of the device (default: its GPU
+    share), so one trial cannot take the memory its neighbour needs."""
+
     cpu: float = Field(1.0, gt=0, le=256)
     gpu: float = Field(0.0, ge=0, le=16)
+    gpu_memory_fraction: float | None = Field(None, gt=0, le=1)
+
+    @property
+    def memory_fraction(self) -> float | None:
+        if self.gpu_memory_fraction is not None:
+            return self.gpu_memory_fraction
+        return self.gpu if 0 < self.gpu < 1 else None
 
 
 class SearchSpec(_Strict):

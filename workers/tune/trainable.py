@@ -31,6 +31,16 @@ def placement(ray_module: Any) -> dict[str, str]:
     }
 
 
+def limit_gpu_memory(device: Any, fraction: float | None) -> bool:
+    """Cap this process's CUDA memory when trials share a GPU; False when not applied."""
+    import torch
+
+    if fraction is None or getattr(device, "type", "cpu") != "cuda":
+        return False
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return True
+
+
 def train_trial(config: dict[str, Any], spec_json: dict[str, Any]) -> None:
     import ray
     from ray import tune
@@ -39,7 +49,9 @@ def train_trial(config: dict[str, Any], spec_json: dict[str, Any]) -> None:
 
     spec = SearchSpec.model_validate(spec_json)
     params = trial_params(spec, config)
-    trainer = Trainer(build_setup(spec, params), select_device())
+    device = select_device()
+    limit_gpu_memory(device, spec.resources.memory_fraction)
+    trainer = Trainer(build_setup(spec, params), device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:

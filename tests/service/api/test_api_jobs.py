@@ -183,3 +183,31 @@ def test_event_stream_follows_a_running_job_in_order_and_ends_with_it(client) ->
     resumed = client.get(f"/v1/jobs/{job['id']}/events",
                          headers={"Last-Event-ID": str(data[2]["seq"])}).text
     assert resumed.count("event: trial_result") == 1 and "event: job_cancelled" in resumed
+
+
+def test_extend_rules(client, launcher) -> None:
+    job = client.post("/v1/jobs", json=SMALL).json()
+    store = client.app.state.ctx.store
+    early = client.post(f"/v1/jobs/{job['id']}/extend", json={"num_trials": 2})
+    assert early.status_code == 409  # still queued
+    assert store.transition(job["id"], from_statuses={"queued"}, to="succeeded")
+    bad = client.post(f"/v1/jobs/{job['id']}/extend", json={"num_trials": 0})
+    assert bad.status_code == 422 and bad.json()["error"]["fields"][0]["field"] == "num_trials"
+    extended = client.post(f"/v1/jobs/{job['id']}/extend", json={"num_trials": 2})
+    assert extended.status_code == 200
+    body = extended.json()
+    assert body["status"] == "queued" and body["trials"]["total"] == 5
+    assert body["spec"]["search"]["num_trials"] == 5
+    grid = client.post("/v1/jobs", json={**SMALL, "search": {"algorithm": "grid"},
+                                         "space": {"l1_ratio": {"choices": [0, 1]}}}).json()
+    assert store.transition(grid["id"], from_statuses={"queued"}, to="succeeded")
+    refused = client.post(f"/v1/jobs/{grid['id']}/extend", json={"num_trials": 1})
+    assert refused.status_code == 422 and "cannot be extended" in refused.text
+
+
+def test_warm_start_must_name_a_succeeded_job(client) -> None:
+    missing = client.post("/v1/jobs", json={**SMALL, "search": {
+        "warm_start": {"job": "0123456789ab"}}})
+    assert missing.status_code == 422
+    assert missing.json()["error"]["fields"][0]["field"] == "search.warm_start.job"
+    assert client.get("/v1/jobs").json() == []
