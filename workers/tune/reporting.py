@@ -89,9 +89,6 @@ class MlflowTrialCallback(Callback):
                               params=[Param(k, str(v)) for k, v in sorted(params.items())])
         return run.info.run_id
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.run_for(trial)
-
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         from mlflow.entities import Metric, RunTag
@@ -146,12 +143,14 @@ class StoreTrialCallback(Callback):
     def _run_id(self, trial: Any) -> str | None:
         return self.mlflow_cb.run_ids.get(trial.trial_id) if self.mlflow_cb else None
 
+    # A trial is recorded (store row, MLflow run) at its first result, not at its start:
+    # a trial started in the instant before a driver is killed, after Tune's last
+    # snapshot, is unknown to the restored experiment and is replaced; recording it
+    # at start would leave a phantom beside its replacement.
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        config = trial_params(self.spec, trial.config)
-        self.store.upsert_trial(self.job_id, trial.trial_id, status="running", config=config,
-                                mlflow_run_id=self._run_id(trial))
         self.store.add_event(self.job_id, "trial_started",
-                             {"trial_id": trial.trial_id, "config": config})
+                             {"trial_id": trial.trial_id,
+                              "config": trial_params(self.spec, trial.config)})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -162,6 +161,7 @@ class StoreTrialCallback(Callback):
             history.append(objective)
             metrics["objective_se"] = standard_error(history)
         fields: dict[str, Any] = dict(status="running", metrics=metrics,
+                                      config=trial_params(self.spec, trial.config),
                                       iteration=int(result.get("training_iteration", 0)),
                                       objective=objective, mlflow_run_id=self._run_id(trial))
         if result.get("training_iteration") == 1:
@@ -179,7 +179,9 @@ class StoreTrialCallback(Callback):
             self.store.update_job(self.job_id, best=self.best)
 
     def _finish(self, trial: Any, status: str, **payload: Any) -> None:
-        self.store.upsert_trial(self.job_id, trial.trial_id, status=status)
+        self.store.upsert_trial(self.job_id, trial.trial_id, status=status,
+                                config=trial_params(self.spec, trial.config),
+                                mlflow_run_id=self._run_id(trial))
         self.store.add_event(self.job_id, "trial_" + status,
                              {"trial_id": trial.trial_id, **payload})
 
