@@ -146,6 +146,19 @@ def check_search(spec: "SearchSpec") -> None:
                                 "cannot be explored; use a linear range from 0")
         if spec.search.warm_start is not None:
             raise SpecError("search.warm_start", f"{algorithm} does not take a warm start")
+    if spec.search.population > 1:
+        if algorithm in catalog.POPULATION_ALGORITHMS:
+            raise SpecError("search.population", f"{algorithm} perturbs whole trials; batched "
+                                                 "populations are for the Optuna samplers")
+        model = spec.model.name or catalog.DEFAULT_MODEL[spec.task_kind]
+        if model == "cnn":
+            raise SpecError("search.population", "batched populations train linear and MLP "
+                                                 "models; the CNN trains one trial at a time")
+        for name in ("batch_size", "dropout"):
+            if name in spec.searched():
+                raise SpecError(f"space.{name}", "members of a population share one data "
+                                                 f"order and architecture: {name} cannot vary "
+                                                 "within it")
     if algorithm == "pb2":
         for name, param in spec.searched().items():
             if not isinstance(param, Range):

@@ -209,6 +209,10 @@ class Search(_Strict):
     reduction_factor: float = Field(2.0, gt=1)
     perturbation_interval: int = Field(2, ge=1)  # pbt/pb2: epochs between exploit/explore
     warm_start: WarmStart | None = None
+    #: K > 1 trains K trials at a time in one process as one batched model (linear and
+    #: MLP models); each member keeps its own MLflow run, record and early stopping.
+    #: max_concurrent then counts populations.
+    population: int = Field(1, ge=1, le=256)
 
     _algorithm = field_validator("algorithm")(_known("algorithm", catalog.ALGORITHMS))
     _scheduler = field_validator("scheduler")(_known("scheduler", catalog.SCHEDULERS))
@@ -310,6 +314,10 @@ class SearchSpec(_Strict):
     def grid_axes(self) -> dict[str, list[Scalar]]:
         """The grid algorithm's axes (every searched parameter is a Choices there)."""
         return {k: list(v.choices) for k, v in self.searched().items() if isinstance(v, Choices)}
+
+    def planned_populations(self) -> int:
+        """Tune trials the job runs: one per population of ``search.population`` members."""
+        return -(-self.planned_trials() // self.search.population)
 
     def planned_trials(self) -> int:
         """Trials the job will run: a grid has a fixed number of points."""

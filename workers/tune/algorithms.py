@@ -89,18 +89,31 @@ def optuna_search(spec: SearchSpec, points: list[dict[str, Any]] | None = None,
         space=define_by_run(spec, conditional=spec.search.algorithm != "grid"), metric=metric,
         mode=mode, sampler=SAMPLERS[spec.search.algorithm](spec), seed=spec.search.seed,
         points_to_evaluate=points or None, spec=spec, known=known)
+    if spec.search.population > 1:
+        return searcher  # the population searcher asks for K at a time
     limit = min(spec.search.max_concurrent, spec.planned_trials())
     return ConcurrencyLimiter(searcher, max_concurrent=limit)
 
 
-def _optuna_plan(spec: SearchSpec, points=None, known=None) -> SearchPlan:
+def _optuna_plan(spec: SearchSpec, points=None, known=None, total: int | None = None
+                 ) -> SearchPlan:
     from workers.tune.schedulers import build_scheduler
 
-    return SearchPlan(optuna_search(spec, points, known), build_scheduler(spec))
+    searcher = optuna_search(spec, points, known)
+    if spec.search.population == 1:
+        return SearchPlan(searcher, build_scheduler(spec))
+    from ray.tune.schedulers import FIFOScheduler
+
+    from workers.tune.population import PopulationSearcher
+
+    # Members stop early inside their population; Tune only sees whole populations.
+    population = PopulationSearcher(searcher, spec.search.population,
+                                    total if total is not None else spec.planned_trials())
+    return SearchPlan(population, FIFOScheduler())
 
 
 def _population_plan(scheduler_factory: Callable[[SearchSpec], Any]):
-    def plan(spec: SearchSpec, points=None, known=None) -> SearchPlan:
+    def plan(spec: SearchSpec, points=None, known=None, total=None) -> SearchPlan:
         from ray.tune.search import BasicVariantGenerator
 
         from workers.tune.pbt import param_space
@@ -133,5 +146,7 @@ ALGORITHMS: dict[str, Callable[..., SearchPlan]] = {
 
 
 def build_plan(spec: SearchSpec, points: list[dict[str, Any]] | None = None,
-               known: list[tuple[dict, list[float]]] | None = None) -> SearchPlan:
-    return ALGORITHMS[spec.search.algorithm](spec, points, known)
+               known: list[tuple[dict, list[float]]] | None = None,
+               total: int | None = None) -> SearchPlan:
+    """``total``: the trials this round still runs (all of them, unless extended)."""
+    return ALGORITHMS[spec.search.algorithm](spec, points, known, total)

@@ -56,10 +56,13 @@ def build_tuner(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks
     from ray import tune
 
     from workers.tune.algorithms import build_plan
+    from workers.tune.population import train_population
     from workers.tune.trainable import train_trial
 
+    size = spec.search.population
+    function = train_population if size > 1 else train_trial
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, spec_json=spec.model_dump(mode="json")),
+        tune.with_parameters(function, spec_json=spec.model_dump(mode="json")),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     name = round_name(job)
     path = f"{settings.results_path.rstrip('/')}/{name}"
@@ -71,7 +74,7 @@ def build_tuner(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks
     if remaining <= 0:
         return None
     points, known = _seed_material(spec, job, store, settings)
-    plan = build_plan(spec, points=points, known=known)
+    plan = build_plan(spec, points=points, known=known, total=remaining)
     # PBT/PB2 restart a weak trial from a strong one's checkpoint: keep them all, or
     # the one being copied may already be gone.
     population = spec.search.algorithm in catalog.POPULATION_ALGORITHMS
@@ -79,7 +82,9 @@ def build_tuner(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks
     return tune.Tuner(
         trainable, param_space=plan.param_space,
         tune_config=tune.TuneConfig(search_alg=plan.search_alg, scheduler=plan.scheduler,
-                                    num_samples=remaining, reuse_actors=True),
+                                    num_samples=-(-remaining // size), reuse_actors=True,
+                                    max_concurrent_trials=spec.search.max_concurrent
+                                    if size > 1 else None),
         run_config=tune.RunConfig(
             name=name, storage_path=settings.results_path, callbacks=callbacks,
             checkpoint_config=keep,
