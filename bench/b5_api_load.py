@@ -1,0 +1,445 @@
+"""B5: the API under load, with 10,000 trials in the store and both cores training.
+
+The real service app (``service.app.create_app``) runs under uvicorn in a
+subprocess on 127.0.0.1, with a launcher that only records submits (no Ray) and
+no supervisor, over a SQLite job store seeded through the JobStore API with
+10,000 finished trials (10 jobs × 1,000, the service's per-job limit; each trial
+with a full config, ~20 metrics and its start/finish events). Two background
+processes train a digits MLP in a loop the whole time, so the API competes for
+the 2 cores as it does on the embedded single machine.
+
+The load: httpx clients in 8 threads (8 requests in flight), one endpoint at a
+time, each phase bounded by a request count and a time limit; latency is timed
+per request by the client. Then, for where the time goes, the status phase runs
+again for a few seconds under py-spy.
+
+``python -m bench.b5_api_load serve --data-dir D --port P`` is the server (internal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.common import (PY, REPO, busy_trainers, command_for, free_port, latency_summary,
+                          repo_env, scratch_dir, stop_process, wait_http)
+
+CONCURRENCY = 8
+GOAL_P99_MS = 50.0
+GOAL_STATUS_RPS = 500.0
+
+SPEC: dict[str, Any] = {
+    "name": "bench-b5-load", "task": "digits",
+    "objective": {"loss": "focal", "metric": "val_accuracy", "mode": "max"},
+    "train": {"epochs": 10, "batch_size": 64, "lr": 0.1},
+    "space": {"focal_gamma": {"low": 0.0, "high": 5.0},
+              "reg_lambda": {"low": 1e-6, "high": 1e-2, "log": True},
+              "l1_ratio": 0.0, "reg_start_step": {"low": 0, "high": 400, "type": "int"}},
+    "search": {"algorithm": "tpe", "num_trials": 1000, "max_concurrent": 2,
+               "scheduler": "asha", "seed": 0},
+    "resources": {"cpu": 1, "gpu": 0},
+}
+
+
+# --- the server subprocess ------------------------------------------------------------------
+
+
+def _recording_launcher() -> Any:
+    from service.launcher.base import Launcher, LaunchStatus, submission_id
+
+    class RecordingLauncher(Launcher):
+        """Records submits; never starts anything (the benchmark has no Ray)."""
+
+        def __init__(self) -> None:
+            self.submitted: list[str] = []
+
+        def submit(self, job_id: str, attempt: int = 0) -> str:
+            self.submitted.append(job_id)
+            return submission_id(job_id, attempt)
+
+        def stop(self, submission: str) -> None:
+            return None
+
+        def status(self, submission: str) -> LaunchStatus:
+            return LaunchStatus("RUNNING")
+
+        def logs(self, submission: str) -> str:
+            return ""
+
+        def ping(self) -> bool:
+            return True
+
+    return RecordingLauncher()
+
+
+def apply_proposed_changes() -> None:
+    """The two changes B5 proposes, as monkeypatches of the server process.
+
+    1. ``JobService.best``: a job in a terminal state answers with the answer its
+       driver stored when it finished (``job.best``, computed by the same
+       ``select()`` over the same trials), instead of loading every trial again.
+    2. ``SqlJobStore.queued_jobs``: select only the columns the fair queue reads
+       (no spec or best JSON to decode), since every queued job's status and every
+       submit compute queue positions over all queued jobs.
+    """
+    import sqlalchemy as sa
+
+    from service.jobs import JobService
+    from service.store import entities as e
+    from service.store.schema import jobs
+    from service.store.sql import SqlJobStore
+
+    original_best = JobService.best
+
+    def best(self: Any, job: Any) -> Any:
+        if job.terminal and job.best is not None:
+            return job.best
+        return original_best(self, job)
+
+    columns = (jobs.c.id, jobs.c.name, jobs.c.owner, jobs.c.status, jobs.c.created_at,
+               jobs.c.num_trials, jobs.c.started_at)
+
+    def queued_jobs(self: Any) -> list[Any]:
+        query = sa.select(*columns).where(jobs.c.status == e.QUEUED).order_by(jobs.c.pk)
+        with self._read() as conn:
+            return [e.Job(id=r.id, name=r.name, owner=r.owner, status=r.status, spec={},
+                          created_at=r.created_at, num_trials=r.num_trials,
+                          started_at=r.started_at) for r in conn.execute(query)]
+
+    JobService.best = best
+    SqlJobStore.queued_jobs = queued_jobs
+
+
+def serve_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.b5_api_load serve")
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--patched", action="store_true",
+                        help="apply the changes B5 proposes (see apply_proposed_changes)")
+    args = parser.parse_args(argv)
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    if args.patched:
+        apply_proposed_changes()
+
+    settings = Settings(data_dir=args.data_dir, host="127.0.0.1", port=args.port)
+    app = create_app(settings, launcher=_recording_launcher(), supervise=False)
+    # log_level "info" as `regtune serve` runs it (one access-log line per request)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="info")
+    return 0
+
+
+# --- seeding the store ----------------------------------------------------------------------
+
+
+def seed_store(data_dir: Path, n_jobs: int, trials_per_job: int) -> dict[str, Any]:
+    """Jobs with finished trials, written through the JobStore API as the driver writes them."""
+    import random
+
+    from search_spaces import SearchSpec
+    from search_spaces.selection import select
+    from service.settings import Settings
+    from service.store import open_store
+
+    settings = Settings(data_dir=data_dir)
+    store = open_store(settings.database)
+    spec = SearchSpec.model_validate(SPEC)
+    rng = random.Random(0)
+    metric_names = ["train_loss", "val_loss", "loss_gap", "val_accuracy", "train_accuracy",
+                    "val_precision", "val_recall", "val_f1", "val_ece", "weight_l1",
+                    "weight_l2", "weight_l1_rel", "weight_l2_rel", "weight_sparsity",
+                    "epoch", "step", "reg_active", "objective_se"]
+    job_ids = []
+    start = time.perf_counter()
+    for j in range(n_jobs):
+        job, _ = store.create_job(name=f"{spec.name}-{j}", owner=f"user{j % 3}",
+                                  spec=spec.model_dump(mode="json"), num_trials=trials_per_job)
+        store.add_event(job.id, "job_queued", {"owner": job.owner})
+        store.transition(job.id, from_statuses={"queued"}, to="running",
+                         ray_submission_id=f"regtune-{job.id}")
+        for i in range(trials_per_job):
+            sampled = {"focal_gamma": rng.uniform(0, 5),
+                       "reg_lambda": 10 ** rng.uniform(-6, -2),
+                       "reg_start_step": rng.randint(0, 400)}
+            epochs = rng.choice([1, 2, 4, 8, 10])
+            metrics = {m: rng.random() for m in metric_names}
+            metrics.update(epoch=float(epochs), step=float(23 * epochs), reg_active=1.0)
+            store.upsert_trial(job.id, f"train_trial_{job.id[:5]}_{i:05d}",
+                               status="completed" if epochs == 10 else "stopped",
+                               config=spec.resolve_params(sampled), metrics=metrics,
+                               iteration=epochs, objective=metrics["val_accuracy"],
+                               mlflow_run_id=f"{rng.getrandbits(128):032x}",
+                               node="127.0.0.1", gpu_ids=[])
+        # as the driver finishes a job: the answer of select() over its trials
+        answer = select(spec, store.list_trials(job.id))
+        store.transition(job.id, from_statuses={"running"}, to="succeeded", best=answer)
+        store.add_event(job.id, "job_succeeded", {"best": answer})
+        job_ids.append(job.id)
+    seconds = time.perf_counter() - start
+    store.close()
+    return {"job_ids": job_ids, "trials": n_jobs * trials_per_job, "seconds": seconds}
+
+
+# --- the load generator -------------------------------------------------------------------------
+
+
+def load_phase(url: str, make_request: Callable[[Any, int], Any], max_requests: int,
+               max_seconds: float, concurrency: int = CONCURRENCY) -> dict[str, Any]:
+    """``concurrency`` threads, each with its own keep-alive client, until either bound."""
+    import httpx
+
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    errors: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(max_requests))
+    deadline = time.monotonic() + max_seconds
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while time.monotonic() < deadline:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                s = time.perf_counter()
+                try:
+                    response = make_request(client, i)
+                    code = response.status_code
+                except httpx.HTTPError as exc:
+                    code = -1
+                    with lock:
+                        errors.append(type(exc).__name__)
+                dt = time.perf_counter() - s
+                with lock:
+                    latencies.append(dt)
+                    statuses[code] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    ok = sum(n for code, n in statuses.items() if 200 <= code < 300)
+    return {"requests": len(latencies), "ok": ok, "wall": wall,
+            "rps": len(latencies) / wall if wall else 0.0, "statuses": dict(statuses),
+            "errors": errors[:5], **latency_summary(latencies)}
+
+
+def _profile(pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    spy = Path(PY).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "-p", str(pid), "-r", "50", "--nonblocking",
+                             "-f", "raw", "-o", str(out), "-d", str(int(seconds))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+#: Server CPU samples by what is on the stack, first match wins. py-spy names files
+#: relative to their sys.path entry: "execute (sqlalchemy/engine/base.py:1419)".
+SERVER_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("spec validation (search_spaces, pydantic models of the spec)", ("(search_spaces/",)),
+    ("job store: SQLAlchemy + sqlite3 (queries, row decoding)",
+     ("(service/store/", "(sqlalchemy/", "sqlite3")),
+    ("response validation + serialisation (FastAPI, pydantic, json)",
+     ("serialize_response", "jsonable_encoder", "(pydantic", "(json/")),
+    ("access log (logging)", ("(logging/",)),
+    ("uvicorn / h11 / asyncio I/O", ("(uvicorn/", "(h11/", "(asyncio/", "(selectors")),
+    ("starlette/FastAPI routing, middleware, threadpool hand-off",
+     ("(starlette/", "(fastapi/", "(anyio/", "(threading")),
+    ("prometheus metrics", ("(prometheus_client/",)),
+)
+
+
+def parse_server_profile(path: Path) -> list[list[Any]]:
+    if not path.exists():
+        return []
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        if not stack.strip():
+            counts["no Python frame (native code)"] += int(n)
+            continue
+        for name, needles in SERVER_CATEGORIES:
+            if any(x in stack for x in needles):
+                counts[name] += int(n)
+                break
+        else:
+            counts["other"] += int(n)
+    return [[name, 100 * n / total] for name, n in counts.most_common()] if total else []
+
+
+def _own_frames(path: Path, top: int = 6) -> list[list[Any]]:
+    if not path.exists():
+        return []
+    own: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        for frame in reversed(stack.split(";")):
+            if re.search(r"\((service|search_spaces)/", frame):
+                own[re.sub(r":\d+\)$", ")", frame)] += int(n)
+                break
+    return [[f, 100 * n / total] for f, n in own.most_common(top)] if total else []
+
+
+class _Server:
+    """The app under uvicorn in a subprocess, on a free port."""
+
+    def __init__(self, data: Path, log_path: Path, patched: bool = False) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [PY, "-m", "bench.b5_api_load", "serve", "--data-dir", str(data), "--port",
+               str(self.port)] + (["--patched"] if patched else [])
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(cmd, env=repo_env(), cwd=REPO, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        self.log_path = log_path
+
+    def __enter__(self) -> "_Server":
+        try:
+            wait_http(self.url + "/healthz", 120, self.process, self.log_path)
+        except BaseException:
+            stop_process(self.process, timeout=30)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stop_process(self.process, timeout=30)
+
+
+def run(quick: bool, out_dir: Path) -> dict[str, Any]:
+    n_jobs, per_job = (2, 500) if quick else (10, 1000)
+    max_requests = 600 if quick else 6000
+    phase_s = 2.0 if quick else 12.0
+    scratch = scratch_dir("b5")
+    data = scratch / "svc"
+    seeded = seed_store(data, n_jobs, per_job)
+    shutil.copytree(data, scratch / "svc-patched")  # the same store for the second server
+    job_ids = seeded["job_ids"]
+    spec_body = json.dumps(SPEC).encode()
+
+    def status(client: Any, i: int) -> Any:
+        return client.get(f"/v1/jobs/{job_ids[i % len(job_ids)]}")
+
+    def best(client: Any, i: int) -> Any:
+        return client.get(f"/v1/jobs/{job_ids[i % len(job_ids)]}/best")
+
+    def submit(client: Any, i: int) -> Any:
+        return client.post("/v1/jobs", content=spec_body,
+                           headers={"Content-Type": "application/json"})
+
+    phases: dict[str, dict[str, Any]] = {}
+    with _Server(data, scratch / "server.log") as server:
+        url = server.url
+        load_phase(url, status, 200, 3.0)  # warm-up: connections, first queries
+        phases["status, no background training (reference)"] = load_phase(
+            url, status, max_requests, phase_s / 2)
+        with busy_trainers(2):
+            time.sleep(1.0)
+            phases["status"] = load_phase(url, status, max_requests, phase_s)
+            phases["best"] = load_phase(url, best, max_requests, phase_s)
+            phases["submit"] = load_phase(url, submit, max_requests // 2, phase_s)
+            if not quick:
+                for name, fn in (("status", status), ("best", best), ("submit", submit)):
+                    spy = _profile(server.process.pid, 5, scratch / f"server-{name}.pyspy")
+                    time.sleep(0.5)
+                    load_phase(url, fn, 100_000, 5.0)
+                    spy.wait(timeout=60)
+    if not quick:
+        with _Server(scratch / "svc-patched", scratch / "server-patched.log",
+                     patched=True) as server:
+            load_phase(server.url, status, 200, 3.0)
+            with busy_trainers(2):
+                time.sleep(1.0)
+                phases["best, with proposed change 1"] = load_phase(
+                    server.url, best, max_requests, phase_s)
+                phases["submit, with proposed change 2"] = load_phase(
+                    server.url, submit, max_requests // 2, phase_s)
+
+    rows, met = [], True
+    for name, p in phases.items():
+        rows.append([name, p["requests"], p["ok"], p["wall"], p["rps"], p["p50"], p["p90"],
+                     p["p99"], p["max"]])
+        if name in ("status", "best", "submit"):
+            met = met and p["p99"] < GOAL_P99_MS and p["ok"] == p["requests"]
+    met = met and phases["status"]["rps"] >= GOAL_STATUS_RPS
+    tables = [{"caption": f"{seeded['trials']:,} trials in the store ({n_jobs} jobs × "
+                          f"{per_job}), 2 background processes training (except the reference "
+                          f"row), {CONCURRENCY} requests in flight (threads with keep-alive "
+                          "httpx clients); latency in ms, measured by the client",
+               "columns": ["endpoint", "requests", "2xx", "wall (s)", "requests/s", "p50",
+                           "p90", "p99", "max"],
+               "rows": rows}]
+    if not quick:
+        for label, path in (("GET /v1/jobs/{id}", scratch / "server-status.pyspy"),
+                            ("GET /v1/jobs/{id}/best", scratch / "server-best.pyspy"),
+                            ("POST /v1/jobs", scratch / "server-submit.pyspy")):
+            cats = parse_server_profile(path)
+            if cats:
+                tables.append({"caption": f"Where the server's CPU goes under {label} load "
+                                          "(py-spy, 50 Hz, 5 s, after the timed phases; % of "
+                                          "samples)",
+                               "columns": ["on the stack", "%"], "rows": cats})
+                frames = _own_frames(path)
+                if frames:
+                    tables.append({"caption": f"{label}: innermost service frame of each "
+                                              "sample (top 6, % of samples)",
+                                   "columns": ["frame", "%"], "rows": frames})
+    notes = [
+        f"Store seeded through the JobStore API in {seeded['seconds']:.1f} s "
+        f"({1e3 * seeded['seconds'] / seeded['trials']:.2f} ms per upsert_trial, one per "
+        "trial with its final config, metrics and status; then each job's answer, computed "
+        "with search_spaces.selection.select as the driver does, stored on the job).",
+        "status and best rotate over the seeded (succeeded) jobs; submit posts a demo-like "
+        "spec as JSON (each creates a queued job and its event; no supervisor runs, so the "
+        "queue only grows during the submit phase).",
+        "The load generator runs in the benchmark's own process on the same 2 cores, and "
+        "uvicorn logs every request at level info as `regtune serve` does.",
+        f"Goal: p99 < {GOAL_P99_MS:.0f} ms on submit, status and best under training load, "
+        f"≥ {GOAL_STATUS_RPS:.0f} status requests/s, every request answered 2xx.",
+    ]
+    if not quick:
+        notes.append("Proposed changes, measured on a second server over a copy of the same "
+                     "store (bench/b5_api_load.py apply_proposed_changes, monkeypatched in "
+                     "that server only): 1. /best of a finished job returns the answer its "
+                     "driver stored on the job instead of loading every trial; 2. "
+                     "queued_jobs() for queue positions selects only the columns the fair "
+                     "queue reads, without decoding every queued job's spec.")
+    if quick:
+        notes.append(f"--quick: {seeded['trials']:,} trials instead of 10,000, shorter "
+                     "phases, no profile and no proposed-change rows.")
+    return {"id": "B5", "title": f"API under load ({seeded['trials']:,} trials stored, both "
+                                 "cores training)",
+            "command": command_for("B5", quick), "tables": tables, "plots": [],
+            "notes": notes,
+            "goal": f"p99 < {GOAL_P99_MS:.0f} ms for submit, status and best; ≥ "
+                    f"{GOAL_STATUS_RPS:.0f} status requests/s",
+            "met": met}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        sys.exit(serve_main(sys.argv[2:]))
+    print("usage: python -m bench --only B5 (this module's own entry point is internal)",
+          file=sys.stderr)
+    sys.exit(2)
