@@ -79,6 +79,7 @@ class JobService:
         self.launcher = launcher
         self.limits = Limits(settings.max_running_jobs, settings.max_running_jobs_per_user)
         self._lock = threading.Lock()  # one scheduling decision at a time in this process
+        self._launch_tries: dict[str, int] = {}  # transient launch failures per job
 
     # --- commands -------------------------------------------------------------
 
@@ -240,10 +241,25 @@ class JobService:
         try:
             self.launcher.submit(job.id, attempt)
             self.store.add_event(job.id, "job_launched", {"submission_id": sid})
-        except (LaunchError, ValueError) as exc:
-            if self.store.transition(job.id, from_statuses={RUNNING}, to=FAILED,
-                                     error=f"could not launch: {exc}"):
-                self.store.add_event(job.id, "job_failed", {"error": str(exc)})
+        except LaunchError as exc:
+            tries = self._launch_tries.get(job.id, 0) + 1
+            if exc.transient and tries < self.settings.max_launch_tries:
+                # Back to the queue, keeping its place; the next tick submits it again.
+                self._launch_tries[job.id] = tries
+                self.store.transition(job.id, from_statuses={RUNNING}, to=QUEUED,
+                                      ray_submission_id=job.ray_submission_id)
+                log.warning("launching %s (try %d): %s", job.id, tries, exc)
+                return
+            self._fail_launch(job.id, exc)
+        except ValueError as exc:
+            self._fail_launch(job.id, exc)
+        self._launch_tries.pop(job.id, None)
+
+    def _fail_launch(self, job_id: str, exc: Exception) -> None:
+        self._launch_tries.pop(job_id, None)
+        if self.store.transition(job_id, from_statuses={RUNNING}, to=FAILED,
+                                 error=f"could not launch: {exc}"):
+            self.store.add_event(job_id, "job_failed", {"error": str(exc)})
 
     def _reconcile(self, job: Job) -> None:
         if not job.ray_submission_id:

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     max_running_jobs: int = Field(2, ge=1)
     max_running_jobs_per_user: int = Field(1, ge=1)
     max_trials_per_job: int = Field(1000, ge=1)
+    max_launch_tries: int = Field(60, ge=1)  # transient refusals (cluster starting) per job
     max_driver_restarts: int = Field(2, ge=0)  # a driver that dies silently is started again
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     supervisor_interval_s: float = Field(1.0, gt=0)

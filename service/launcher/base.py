@@ -18,7 +18,15 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, STOPPED})
 
 
 class LaunchError(RuntimeError):
-    """The cluster refused or could not be reached."""
+    """The cluster refused or could not be reached.
+
+    ``transient``: worth trying again shortly (the cluster is starting, busy or
+    briefly unreachable), as opposed to a refusal that will not change.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ class RayJobsLauncher(Launcher):
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise LaunchError(f"Ray Jobs API unreachable at {self.http.base_url}: {exc}") from exc
+            raise LaunchError(f"Ray Jobs API unreachable at {self.http.base_url}: {exc}",
+                              transient=True) from exc
         if response.status_code in (401, 403):
             raise LaunchError(f"Ray Jobs API refused the service's token ({response.status_code})")
         return response
@@ -49,7 +50,10 @@ class RayJobsLauncher(Launcher):
                 "metadata": {"regtune_job_id": job_id}}
         response = self._request("POST", "/api/jobs/", json=body)
         if response.status_code >= 400:
-            raise LaunchError(f"Ray refused job {sid}: {response.status_code} {response.text[:500]}")
+            # 5xx: e.g. "No available agent to submit job" while a node's job agent
+            # starts; the job stays queued and is submitted again.
+            raise LaunchError(f"Ray refused job {sid}: {response.status_code} {response.text[:500]}",
+                              transient=response.status_code >= 500)
         return sid
 
     def stop(self, submission: str) -> None:

@@ -108,10 +108,12 @@ def top_configurations(tracking_uri: str, experiment_id: str, job_id: str, spec:
         [experiment_id],
         filter_string=f"tags.`regtune.job_id` = '{job_id}' and tags.`regtune.trial_id` != ''",
         order_by=[f"metrics.`{metric}` {'DESC' if mode == 'max' else 'ASC'}"], max_results=1000)
+    # Ties (common: accuracy on a small validation set) go to the earlier trial.
+    sign = -1.0 if mode == "max" else 1.0
+    runs = sorted((r for r in runs if metric in r.data.metrics),
+                  key=lambda r: (sign * r.data.metrics[metric], r.info.start_time, r.info.run_id))
     points: list[dict[str, Any]] = []
     for run in runs:
-        if metric not in run.data.metrics:
-            continue
         point = sampled_point(spec, run.data.params)
         if point and point not in points:
             points.append(point)

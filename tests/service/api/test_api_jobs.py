@@ -211,3 +211,38 @@ def test_warm_start_must_name_a_succeeded_job(client) -> None:
     assert missing.status_code == 422
     assert missing.json()["error"]["fields"][0]["field"] == "search.warm_start.job"
     assert client.get("/v1/jobs").json() == []
+
+
+def test_transient_launch_refusal_keeps_the_job_queued_then_launches(client, launcher) -> None:
+    from service.launcher import LaunchError
+
+    job = client.post("/v1/jobs", json=SMALL).json()
+    refusals = [LaunchError("500 No available agent to submit job", transient=True)]
+    real_submit = launcher.submit
+
+    def flaky(job_id: str, attempt: int = 0) -> str:
+        if refusals:
+            raise refusals.pop()
+        return real_submit(job_id, attempt)
+
+    launcher.submit = flaky
+    jobs = client.app.state.ctx.jobs
+    jobs.tick()
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    jobs.tick()
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
+    assert launcher.submitted == [job["id"]]
+
+
+def test_permanent_launch_refusal_fails_the_job(client, launcher) -> None:
+    from service.launcher import LaunchError
+
+    job = client.post("/v1/jobs", json=SMALL).json()
+
+    def refuse(job_id: str, attempt: int = 0) -> str:
+        raise LaunchError("400 bad entrypoint", transient=False)
+
+    launcher.submit = refuse
+    client.app.state.ctx.jobs.tick()
+    body = client.get(f"/v1/jobs/{job['id']}").json()
+    assert body["status"] == "failed" and "could not launch" in body["error"]
