@@ -1,7 +1,7 @@
 """Which trial is the answer: one set of rules, used by the driver and the service.
 
 * ``best``: the trial whose *last reported* objective value is best for the
-  mode; ties go to the earliest trial (lowest index), so the answer does not
+  mode; ties go to the earliest trial (the first to report: lowest index), so the answer does not
   depend on the order in which results happened to arrive.
 * ``one_standard_error``: the most regularized trial whose last value is within
   one standard error of the best trial's. The standard error is the best

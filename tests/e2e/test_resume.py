@@ -44,14 +44,14 @@ def test_killed_driver_resumes_without_duplicates_or_losses(live) -> None:
         os.kill(pid, signal.SIGKILL)
 
     done = live.wait(job["id"], timeout=400)
-    assert done["status"] == "succeeded", done.get("error")
-    events = [e for e in live.http.get(f"/v1/jobs/{job['id']}/events",
-                                       params={"follow": "false"}).text.split("\n")
-              if e.startswith("event: ")]
-    assert "event: job_resumed" in events
-
+    stream = live.http.get(f"/v1/jobs/{job['id']}/events", params={"follow": "false"}).text
+    events = [e for e in stream.split("\n") if e.startswith("event: ")]
     trials = live.http.get(f"/v1/jobs/{job['id']}/trials").json()
-    assert len(trials) == 6 and len({t["trial_id"] for t in trials}) == 6
+    # On failure, say what happened: the event sequence and the end of the driver's log.
+    story = f"{events}\n{live.http.get(f'/v1/jobs/{job['id']}/logs').text[-4000:]}"
+    assert done["status"] == "succeeded", f"{done.get('error')}\n{story}"
+    assert "event: job_resumed" in events, story
+    assert len(trials) == 6 and len({t["trial_id"] for t in trials}) == 6, story
     assert all(t["status"] == "completed" and t["iteration"] == 5 for t in trials)
 
     client = MlflowClient(tracking_uri=live.mlflow_uri)
