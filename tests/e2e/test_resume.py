@@ -48,7 +48,8 @@ def test_killed_driver_resumes_without_duplicates_or_losses(live) -> None:
     events = [e for e in stream.split("\n") if e.startswith("event: ")]
     trials = live.http.get(f"/v1/jobs/{job['id']}/trials").json()
     # On failure, say what happened: the event sequence and the end of the driver's log.
-    story = f"{events}\n{live.http.get(f'/v1/jobs/{job['id']}/logs').text[-4000:]}"
+    log = live.http.get(f"/v1/jobs/{job['id']}/logs").text[-4000:]
+    story = f"{events}\n{log}"
     assert done["status"] == "succeeded", f"{done.get('error')}\n{story}"
     assert "event: job_resumed" in events, story
     assert len(trials) == 6 and len({t["trial_id"] for t in trials}) == 6, story
