@@ -5,11 +5,13 @@ generated (12 hex characters, checked again here), never from request text.
 The driver reads the spec from the job store, runs Tune, and writes the outcome
 back.
 
-Work is done in *rounds*: a round is one Tune experiment named after the job and
-the number of trials the job then asked for. Started again for the same job (the
-driver died, the cluster restarted) it restores the round's experiment with its
-searcher state; asked for more trials (an extended job) it starts a new round
-whose sampler is told every finished trial, so nothing is re-run.
+Work is done in *rounds*: a round is one Tune experiment, recorded in the job's
+events (``round_started`` / ``round_done``). Started again for the same job (the
+driver died, the cluster restarted) the driver restores the unfinished round's
+experiment with its searcher state. The job is done when its finished trials
+reach ``num_trials``: a round that ends short (an extended job, or a restored
+experiment whose searcher state lagged behind its trials) is followed by a new
+round whose sampler is told every finished trial, so nothing is re-run.
 """
 
 from __future__ import annotations
@@ -29,8 +31,34 @@ JOB_ID = re.compile(r"^[0-9a-f]{12}$")
 FINISHED = ("completed", "stopped", "failed")
 
 
-def round_name(job: Any) -> str:
-    return f"{job.id}-n{job.num_trials}"
+MAX_ROUNDS = 5  # per driver run: a round that makes no progress is not retried forever
+
+
+def round_events(store: Any, job_id: str) -> list[Any]:
+    """The job's round_started / round_done events, read page by page."""
+    found, seq = [], 0
+    while True:
+        page = store.events_since(job_id, seq, 5000)
+        if not page:
+            return found
+        found += [e for e in page if e.kind in ("round_started", "round_done")]
+        seq = page[-1].seq
+
+
+def open_round(store: Any, job_id: str) -> str | None:
+    """The round a previous driver started and did not finish, if any."""
+    state: dict[str, bool] = {}
+    for event in round_events(store, job_id):
+        if event.kind == "round_started":
+            state[event.payload["name"]] = False
+        elif event.kind == "round_done":
+            state[event.payload["name"]] = True
+    unfinished = [name for name, done in state.items() if not done]
+    return unfinished[-1] if unfinished else None
+
+
+def finished_trials(store: Any, job_id: str) -> int:
+    return sum(1 for t in store.list_trials(job_id) if t.status in FINISHED)
 
 
 def _seed_material(spec: SearchSpec, job: Any, store: Any, settings: Any) -> tuple[list, list]:
@@ -52,7 +80,9 @@ def _seed_material(spec: SearchSpec, job: Any, store: Any, settings: Any) -> tup
     return points, []
 
 
-def build_tuner(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks: list) -> Any:
+def build_tuner(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks: list,
+                name: str) -> Any:
+    """Restore round ``name`` if it was interrupted, else start it for what remains."""
     from ray import tune
 
     from workers.tune.algorithms import build_plan
@@ -64,13 +94,11 @@ def build_tuner(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks
     trainable = tune.with_resources(
         tune.with_parameters(function, spec_json=spec.model_dump(mode="json")),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    name = round_name(job)
     path = f"{settings.results_path.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):
         log.info("restoring the Tune experiment at %s", path)
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
-    finished = sum(1 for t in store.list_trials(job.id) if t.status in FINISHED)
-    remaining = job.num_trials - finished
+    remaining = job.num_trials - finished_trials(store, job.id)
     if remaining <= 0:
         return None
     points, known = _seed_material(spec, job, store, settings)
@@ -89,6 +117,32 @@ def build_tuner(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks
             name=name, storage_path=settings.results_path, callbacks=callbacks,
             checkpoint_config=keep,
             failure_config=tune.FailureConfig(max_failures=1), verbose=1))
+
+
+def run_rounds(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks: list) -> None:
+    """Rounds until the job's finished trials reach num_trials (or no progress is made)."""
+    for _ in range(MAX_ROUNDS):
+        before = finished_trials(store, job.id)
+        name = open_round(store, job.id)
+        if name is None:
+            if before >= job.num_trials:
+                return
+            rounds = sum(1 for e in round_events(store, job.id) if e.kind == "round_started")
+            name = f"{job.id}-r{rounds}"
+            store.add_event(job.id, "round_started", {"name": name, "finished": before})
+        tuner = build_tuner(spec, job, store, settings, callbacks, name)
+        if tuner is not None:
+            tuner.fit()
+        store.add_event(job.id, "round_done", {"name": name})
+        after = finished_trials(store, job.id)
+        if after >= job.num_trials:
+            return
+        if after == before:
+            log.warning("round %s finished no trial; stopping at %d of %d", name, after,
+                        job.num_trials)
+            return
+        log.info("round %s ended with %d of %d trials; another round", name, after,
+                 job.num_trials)
 
 
 def _close_orphans(store: Any, job_id: str) -> None:
@@ -127,16 +181,13 @@ def run(job_id: str) -> int:
         parent = ParentRun(settings.mlflow_uri, settings.artifact_root, job_id, spec, job.owner)
         store.update_job(job_id, mlflow_experiment_id=parent.experiment_id,
                          mlflow_parent_run_id=parent.run_id)
-        store.add_event(job_id, "job_started", {"mlflow_parent_run_id": parent.run_id,
-                                                "round": round_name(job)})
+        store.add_event(job_id, "job_started", {"mlflow_parent_run_id": parent.run_id})
         mlflow_cb = MlflowTrialCallback(settings.mlflow_uri, parent.experiment_id,
                                         parent.run_id, job_id, spec)
         store_cb = StoreTrialCallback(settings.database, job_id, spec, mlflow_cb)
         if not ray.is_initialized():  # tests run the driver inside an initialised Ray
             ray.init(address="auto", log_to_driver=False)
-        tuner = build_tuner(spec, job, store, settings, [mlflow_cb, store_cb])
-        if tuner is not None:
-            tuner.fit()
+        run_rounds(spec, job, store, settings, [mlflow_cb, store_cb])
         _close_orphans(store, job_id)
         answer = select(spec, store.list_trials(job_id))
         parent.finish(answer, "FINISHED")

@@ -1,0 +1,67 @@
+"""Rounds: a short round is topped up, an interrupted round is restored by name."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from service.store import open_store
+from workers.tune import driver
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    yield s
+    s.close()
+
+
+def job_of(store, num_trials: int):
+    job, _ = store.create_job(name="r", owner="o", spec={"name": "r"}, num_trials=num_trials)
+    return job
+
+
+def fake_tuners(monkeypatch, store, per_round: list[int]) -> list[str]:
+    """build_tuner that finishes per_round[i] trials in the i-th round; returns names used."""
+    names: list[str] = []
+
+    def build(spec, job, store_, settings, callbacks, name):
+        names.append(name)
+        count = per_round[len(names) - 1]
+
+        def fit():
+            start = len(store.list_trials(job.id))
+            for i in range(count):
+                store.upsert_trial(job.id, f"t{start + i}", status="completed", iteration=1)
+
+        return SimpleNamespace(fit=fit)
+
+    monkeypatch.setattr(driver, "build_tuner", build)
+    return names
+
+
+def test_a_short_round_is_followed_by_a_top_up_round(store, monkeypatch) -> None:
+    job = job_of(store, 6)
+    names = fake_tuners(monkeypatch, store, [3, 3])
+    driver.run_rounds(None, job, store, None, [])
+    assert len(store.list_trials(job.id)) == 6
+    assert names == [f"{job.id}-r0", f"{job.id}-r1"]
+    assert driver.open_round(store, job.id) is None
+
+
+def test_an_interrupted_round_is_restored_by_name(store, monkeypatch) -> None:
+    job = job_of(store, 4)
+    store.add_event(job.id, "round_started", {"name": f"{job.id}-r0", "finished": 0})
+    store.upsert_trial(job.id, "t0", status="completed", iteration=1)
+    assert driver.open_round(store, job.id) == f"{job.id}-r0"
+    names = fake_tuners(monkeypatch, store, [3])
+    driver.run_rounds(None, job, store, None, [])
+    assert names == [f"{job.id}-r0"] and len(store.list_trials(job.id)) == 4
+
+
+def test_a_round_without_progress_ends_the_loop(store, monkeypatch) -> None:
+    job = job_of(store, 3)
+    names = fake_tuners(monkeypatch, store, [0, 0, 0])
+    driver.run_rounds(None, job, store, None, [])
+    assert len(names) == 1 and store.list_trials(job.id) == []
