@@ -326,11 +326,14 @@ while time.monotonic() < end:
 
 
 @contextlib.contextmanager
-def busy_trainers(n: int, max_seconds: float = 900) -> Iterator[list[subprocess.Popen]]:
+def busy_trainers(n: int, max_seconds: float = 900, nice: int = 0
+                  ) -> Iterator[list[subprocess.Popen]]:
     """``n`` processes training a digits MLP in a loop (one thread each) until exit."""
     env = repo_env({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    niceness = (lambda: os.nice(nice)) if nice else None
     procs = [subprocess.Popen([PY, "-c", _BUSY, str(max_seconds)], env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              preexec_fn=niceness)
              for _ in range(n)]
     try:
         for p in procs:  # wait until each is past its imports and training
