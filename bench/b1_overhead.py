@@ -190,6 +190,21 @@ def _time_callback_classes() -> None:
                     _TIMINGS[_key].append(time.perf_counter() - s)
 
             setattr(cls, hook, wrapper)
+    try:  # the end-of-job figures, when the driver has them (run() imports them late)
+        from workers.tune import figures
+    except ImportError:
+        return
+    if hasattr(figures, "log_job_figures"):
+        inner_fig = figures.log_job_figures
+
+        def log_job_figures(*args: Any, **kwargs: Any) -> Any:
+            s = time.perf_counter()
+            try:
+                return inner_fig(*args, **kwargs)
+            finally:
+                _TIMINGS["figures.log_job_figures"].append(time.perf_counter() - s)
+
+        figures.log_job_figures = log_job_figures
 
 
 def _patch_tune_config(force_reuse: bool | None) -> Any:
@@ -375,6 +390,28 @@ def probe_actor_start(n: int = 2) -> dict[str, float]:
             "trial_imports_s": statistics.median(imports)}
 
 
+def _agent_off_default_port() -> None:
+    """Start this script's Ray with its dashboard agent on a free port, not 52365.
+
+    Only one Ray on a machine can have its agent on the default port, and a head
+    whose agent could not bind it accepts no jobs: the service's (started next) or a
+    colleague's test cluster. ray.init() has no parameter for it, so the default of
+    Ray's private RayParams is replaced; if that API moved, Ray's default stays.
+    """
+    try:
+        from ray._private import parameter
+    except ImportError:
+        return
+    original = parameter.RayParams.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if getattr(self, "dashboard_agent_listen_port", None) == RAY_AGENT_PORT:
+            self.dashboard_agent_listen_port = free_port()
+
+    parameter.RayParams.__init__ = init
+
+
 def bare_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.b1_overhead bare")
     parser.add_argument("--spec", type=Path, required=True)
@@ -398,6 +435,7 @@ def bare_main(argv: list[str]) -> int:
         init_mlflow(get_settings().mlflow_uri)
     import ray
 
+    _agent_off_default_port()
     logging.getLogger("ray").setLevel(logging.WARNING)
     s = time.perf_counter()
     ray.init(address="local", num_cpus=SLOTS, include_dashboard=False, log_to_driver=False,
@@ -592,13 +630,18 @@ def run_service(spec_json: dict[str, Any], hook_dir: Path, scratch: Path, profil
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     service_log = scratch / "service.log"
-    waited = wait_port_free(RAY_AGENT_PORT, 120)
+    try:
+        waited, moved = wait_port_free(RAY_AGENT_PORT, 30), False
+        cmd = [str(Path(PY).with_name("regtune")), "serve"]
+    except RuntimeError:  # another Ray holds it: move the head's agent ports, say so
+        waited, moved = 30.0, True
+        cmd = [PY, "-m", "bench.b1_overhead", "serve-moved-agent-ports"]
     t = time.monotonic()
     with open(service_log, "wb") as log:
-        proc = subprocess.Popen([str(Path(PY).with_name("regtune")), "serve", "--host",
-                                 "127.0.0.1", "--port", str(port)], env=env, cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT)
-    result: dict[str, Any] = {"mode": "service", "agent_port_wait_s": waited}
+        proc = subprocess.Popen(cmd + ["--host", "127.0.0.1", "--port", str(port)], env=env,
+                                cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    result: dict[str, Any] = {"mode": "service", "agent_port_wait_s": waited,
+                              "agent_ports_moved": moved}
     try:
         wait_http(url + "/readyz", 240, proc, service_log)
         result["service_start_s"] = time.monotonic() - t
@@ -845,7 +888,7 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         f"{r['mode']} {r['wall']:.1f} s" for r in bare_out["runs"]), t)
     service, service_records = run_service(spec, hook, scratch, profile=True)
     _say(f"B1 service done: wall {service['wall']:.1f} s", t)
-    imports = measure_driver_imports()
+    imports = {} if quick else measure_driver_imports()
 
     modes: list[tuple[str, str, dict[str, Any], list[dict[str, Any]]]] = [
         ("service", "(a) the service end to end (REST submit → /best)", service,
@@ -918,7 +961,13 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     profile_rows.append(["service: /readyz 200 → its Ray head accepts and runs a no-op job "
                          f"({service.get('ray_refusals')} refusals; excluded)",
                          service.get("ray_jobs_ready_s"), "once per service"])
-    if service.get("agent_port_wait_s", 0) > 0.5:
+    if service.get("agent_ports_moved"):
+        notes.append(f"Another Ray cluster on the machine held port {RAY_AGENT_PORT} (Ray's "
+                     "default dashboard-agent port) for 30 s, so the service ran with its Ray "
+                     "head's agent ports moved to free ports (LocalRayHead.command "
+                     "monkeypatched, the change proposed for service/launcher/local_head.py); "
+                     "as it is, the service's head would refuse every job.")
+    elif service.get("agent_port_wait_s", 0) > 0.5:
         notes.append(f"Before starting the service, the benchmark waited "
                      f"{service['agent_port_wait_s']:.1f} s for port {RAY_AGENT_PORT} to be "
                      "free: Ray's dashboard agent always listens there, so a second Ray head "
@@ -950,6 +999,8 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
             if values:
                 where = ("background thread; the trial does not wait"
                          if r["mode"] == "driver_lean" and hook_name == "mlflow.on_trial_result"
+                         else "after the last trial, before job_succeeded"
+                         if hook_name.startswith("figures.")
                          else "driver thread; the trial waits")
                 profile_rows.append([f"{r['mode']}: {hook_name} ({where})",
                                      statistics.mean(values),
@@ -1017,9 +1068,35 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
             "met": met}
 
 
+def serve_moved_agent_ports(argv: list[str]) -> int:
+    """``regtune serve`` with the local head's agent ports on free ports (the proposed fix).
+
+    Used only when another Ray on the machine holds Ray's default agent port: the
+    service as it is would start a head that refuses every job.
+    """
+    from service.cli import main
+    from service.launcher import local_head
+
+    original = local_head.LocalRayHead.command
+
+    def command(self: Any) -> list[str]:
+        return original(self) + [
+            "--dashboard-agent-listen-port", str(local_head.free_port()),
+            "--dashboard-agent-grpc-port", str(local_head.free_port()),
+            "--runtime-env-agent-port", str(local_head.free_port()),
+            "--metrics-export-port", str(local_head.free_port())]
+
+    local_head.LocalRayHead.command = command
+    sys.argv = ["regtune", "serve", *argv]
+    main()
+    return 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "bare":
         sys.exit(bare_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-moved-agent-ports":
+        sys.exit(serve_moved_agent_ports(sys.argv[2:]))
     print("usage: python -m bench --only B1 (this module's own entry point is internal)",
           file=sys.stderr)
     sys.exit(2)

@@ -381,8 +381,9 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "tune.report until the driver has processed the result, callbacks included. So the "
         "per-result callback time (MLflow + store, plus the round trip) is added to every "
         "epoch of every trial, and with several trials the driver serialises them.",
-        "Cost measured in one process on the bench machine; the concurrency test starts N "
-        "writer processes that each import MLflow and begin at the same instant.",
+        "Cost measured in one process. The concurrency test starts its writer processes "
+        "once (MLflow imported), then runs each scenario with N of them starting at the same "
+        "instant on a store of its own.",
         "MLflow's SQLite store runs in SQLite's default rollback-journal mode with "
         "synchronous=FULL, and each log_batch commits twice (metrics, then latest_metrics): "
         "several fsyncs per epoch per trial. The 'wal' rows set PRAGMA journal_mode=WAL on "
