@@ -41,8 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated ids to run, e.g. B1,B5 (default: all)")
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md",
                         help="the markdown file to write (default: BENCHMARKS.md)")
-    parser.add_argument("--plots", type=Path, default=PLOTS,
-                        help="where PNG plots go (default: bench/plots)")
+    parser.add_argument("--plots", type=Path, default=None,
+                        help="where PNG plots go (default: bench/plots for BENCHMARKS.md, "
+                             "else OUTPUT-plots/ beside the output file)")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = parser.parse_args(argv)
     wanted = [s.strip().upper() for s in args.only.split(",") if s.strip()]
@@ -50,6 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
     args.selected = [b for b in BENCHMARKS if not wanted or b in wanted]
+    args.output = args.output.resolve()
+    if args.plots is None:  # a side run must not overwrite the plots BENCHMARKS.md shows
+        default = args.output == (REPO / "BENCHMARKS.md").resolve()
+        args.plots = PLOTS if default else args.output.parent / f"{args.output.stem}-plots"
     return args
 
 
@@ -113,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     machine["mode"] = "quick (--quick)" if args.quick else "full"
     if skipped:
         machine["skipped"] = "; ".join(skipped)
-    args.output.write_text(render_markdown(results, machine, command, elapsed))
+    args.output.write_text(render_markdown(results, machine, command, elapsed,
+                                           base=args.output.parent))
     print(f"[bench] wrote {args.output} ({elapsed:.0f} s)", file=sys.stderr)
     return 1 if failed else 0
 

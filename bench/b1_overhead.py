@@ -48,7 +48,7 @@ from typing import Any
 
 from bench.common import (COMPUTE_LOG_ENV, PY, REPO, command_for, efficiency, fmt,
                           free_port, install_compute_hook, read_compute_log, repo_env,
-                          save_figure, scratch_dir, stop_process, wait_http)
+                          run_in_scratch, save_figure, stop_process, wait_http)
 
 SLOTS = 2
 MODEL = {"name": "mlp", "hidden_sizes": [768, 768]}
@@ -880,10 +880,13 @@ def _say(message: str, since: float) -> None:
 
 
 def run(quick: bool, out_dir: Path) -> dict[str, Any]:
+    return run_in_scratch("b1", _run, quick, out_dir)
+
+
+def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
     n_trials = 4 if quick else 16
     target = 1.0 if quick else 2.0
     variants = QUICK_VARIANTS if quick else FULL_VARIANTS
-    scratch = scratch_dir("b1")
     hook = install_compute_hook(scratch / "hook")
     notes: list[str] = []
 

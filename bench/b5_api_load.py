@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.common import (PY, REPO, busy_trainers, command_for, free_port, latency_summary,
-                          repo_env, scratch_dir, stop_process, wait_http)
+                          repo_env, run_in_scratch, stop_process, wait_http)
 
 CONCURRENCY = 8
 GOAL_P99_MS = 50.0
@@ -332,10 +332,13 @@ class _Server:
 
 
 def run(quick: bool, out_dir: Path) -> dict[str, Any]:
+    return run_in_scratch("b5", _run, quick, out_dir)
+
+
+def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
     n_jobs, per_job = (2, 500) if quick else (10, 1000)
     max_requests = 600 if quick else 6000
     phase_s = 2.0 if quick else 8.0
-    scratch = scratch_dir("b5")
     data = scratch / "svc"
     seeded = seed_store(data, n_jobs, per_job)
     shutil.copytree(data, scratch / "svc-patched")  # the same store for the second server

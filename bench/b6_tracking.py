@@ -32,7 +32,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from bench.common import PY, REPO, command_for, percentile, repo_env, scratch_dir
+from bench.common import PY, REPO, command_for, percentile, repo_env, run_in_scratch
 
 GOAL_SHARE = 0.02
 
@@ -312,7 +312,10 @@ def concurrency(writers: Writers, n: int, seconds: float, scratch: Path, store: 
 
 
 def run(quick: bool, out_dir: Path) -> dict[str, Any]:
-    scratch = scratch_dir("b6")
+    return run_in_scratch("b6", _run, quick, out_dir)
+
+
+def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
     notes: list[str] = []
     cost_rows = []
     share_ok = True

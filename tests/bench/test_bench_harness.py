@@ -106,6 +106,23 @@ def test_plot_links_are_relative_to_the_repository() -> None:
     assert plot_link(str(REPO / "bench" / "plots" / "y.png")) == "bench/plots/y.png"
 
 
+def test_plot_links_from_a_file_elsewhere_point_back(tmp_path: Path) -> None:
+    link = plot_link("bench/plots/x.png", base=tmp_path)
+    assert (tmp_path / link).resolve() == (REPO / "bench" / "plots" / "x.png").resolve()
+    doc = render_markdown([_result()], {"date": "today"}, "python -m bench", base=tmp_path)
+    readme = doc.split("[bench/README.md](")[1].split(")")[0]
+    assert (tmp_path / readme).resolve() == (REPO / "bench" / "README.md").resolve()
+
+
+def test_side_runs_write_plots_beside_their_output(tmp_path: Path) -> None:
+    from bench.__main__ import parse_args
+
+    args = parse_args(["--output", str(tmp_path / "side.md")])
+    assert args.plots == tmp_path / "side-plots"
+    default = parse_args([])
+    assert default.plots == REPO / "bench" / "plots"
+
+
 def test_compute_log_skips_torn_lines(tmp_path: Path) -> None:
     log = tmp_path / "compute.jsonl"
     log.write_text('{"pid": 1, "dt": 0.5, "t0": 1.0}\n{"pid": 2, "dt"\n\n')
