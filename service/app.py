@@ -29,6 +29,12 @@ def init_mlflow(uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
     MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    if uri.startswith("sqlite:///"):
+        # WAL: the driver writes while the UI and the service read (measured in bench B6).
+        import sqlite3
+
+        with sqlite3.connect(uri[len("sqlite:///"):]) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
 
 
 def create_app(settings: Settings | None = None, *, store: Any = None, launcher: Any = None,

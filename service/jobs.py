@@ -207,7 +207,12 @@ class JobService:
         }
 
     def best(self, job: Job) -> dict[str, Any] | None:
-        """The answer under the spec's selection policy (best, 1-SE rule, or Pareto set)."""
+        """The answer under the spec's selection policy (best, 1-SE rule, or Pareto set).
+
+        A succeeded job's answer was stored by its driver: served as is, without
+        reading every trial again."""
+        if job.status == "succeeded" and job.best and "policy" in job.best:
+            return job.best
         return select(SearchSpec.model_validate(job.spec), self.store.list_trials(job.id))
 
     def queue_positions(self) -> dict[str, int]:

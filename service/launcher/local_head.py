@@ -81,7 +81,13 @@ class LocalRayHead:
         cmd = [ray_cli, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                "--port", str(self.gcs_port), "--dashboard-host", "127.0.0.1",
                "--dashboard-port", str(self.dashboard_port), "--include-dashboard", "true",
-               "--temp-dir", str(self.temp_dir), "--disable-usage-stats"]
+               "--temp-dir", str(self.temp_dir), "--disable-usage-stats",
+               # Ray's agents default to fixed ports (52365, ...): a second Ray on the
+               # machine would leave this head refusing every job. Take free ones.
+               "--dashboard-agent-listen-port", str(free_port()),
+               "--dashboard-agent-grpc-port", str(free_port()),
+               "--runtime-env-agent-port", str(free_port()),
+               "--metrics-export-port", str(free_port())]
         if self.num_cpus is not None:
             cmd += ["--num-cpus", str(self.num_cpus)]
         if self.num_gpus is not None:

@@ -191,11 +191,12 @@ def run(job_id: str) -> int:
         _close_orphans(store, job_id)
         answer = select(spec, store.list_trials(job_id))
         parent.finish(answer, "FINISHED")
+        if store.transition(job_id, from_statuses={"running"}, to="succeeded", best=answer):
+            store.add_event(job_id, "job_succeeded", {"best": answer})
+        # Figures after the answer: /best need not wait the ~2 s they take to render.
         from workers.tune.figures import log_job_figures
 
         log_job_figures(parent, spec, store.list_trials(job_id))
-        if store.transition(job_id, from_statuses={"running"}, to="succeeded", best=answer):
-            store.add_event(job_id, "job_succeeded", {"best": answer})
         return 0
     except BaseException as exc:  # noqa: BLE001 - the job must be marked, whatever happened
         message = f"{type(exc).__name__}: {exc}"
