@@ -1101,13 +1101,3 @@ def serve_moved_agent_ports(argv: list[str]) -> int:
     sys.argv = ["regtune", "serve", *argv]
     main()
     return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "bare":
-        sys.exit(bare_main(sys.argv[2:]))
-    if len(sys.argv) > 1 and sys.argv[1] == "serve-moved-agent-ports":
-        sys.exit(serve_moved_agent_ports(sys.argv[2:]))
-    print("usage: python -m bench --only B1 (this module's own entry point is internal)",
-          file=sys.stderr)
-    sys.exit(2)
