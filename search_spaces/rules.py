@@ -175,8 +175,31 @@ def check_search(spec: "SearchSpec") -> None:
                                 "parameter")
 
 
+def check_share_prefixes(spec: "SearchSpec") -> None:
+    """Prefixes are shared among one population's members, after a start step > 0.
+
+    Refused rather than ignored: an option that silently does nothing would let a
+    user believe a search was cheaper than it is.
+    """
+    from search_spaces.spec import SpecError
+
+    if not spec.search.share_prefixes:
+        return
+    if spec.search.population < 2:
+        raise SpecError("search.share_prefixes",
+                        "shared prefixes are trained within one population: set "
+                        "search.population to 2 or more (the members of a population "
+                        "share their training up to their start steps)")
+    start = spec.space.get("reg_start_step", PARAMS["reg_start_step"].default)
+    if max(int(v) for v in _values(start)) <= 0:
+        raise SpecError("search.share_prefixes",
+                        "every trial regularizes from step 0, so there is no prefix to "
+                        "share: set or search space.reg_start_step above 0")
+
+
 RULES: tuple[Callable[["SearchSpec"], None], ...] = (
     check_parameters, check_task, check_metric_guard, check_start_step, check_search,
+    check_share_prefixes,
 )
 
 

@@ -213,6 +213,10 @@ class Search(_Strict):
     #: MLP models); each member keeps its own MLflow run, record and early stopping.
     #: max_concurrent then counts populations.
     population: int = Field(1, ge=1, le=256)
+    #: With population K >= 2: members that agree on everything that acts before their
+    #: reg_start_step train that prefix once and fork at their start step
+    #: (workers.training.prefix); bit-identical to training them alone.
+    share_prefixes: bool = False
 
     _algorithm = field_validator("algorithm")(_known("algorithm", catalog.ALGORITHMS))
     _scheduler = field_validator("scheduler")(_known("scheduler", catalog.SCHEDULERS))

@@ -152,7 +152,23 @@ def test_multi_objective_spec_round_trips_and_conflicts_are_refused() -> None:
       "space": {"smooth_l1_weight": 1.0, "reg_start_step": {"low": 0, "high": 50,
                                                             "type": "int"}}},
      "objective.metric"),
+    ({"search": {"share_prefixes": True}}, "search.share_prefixes"),  # no population
+    ({"search": {"population": 4, "share_prefixes": True}},  # start step 0: nothing shared
+     "search.share_prefixes"),
+    ({"search": {"population": 4, "share_prefixes": True},
+      "space": {"reg_start_step": {"choices": [0]}}}, "search.share_prefixes"),
 ])
 def test_search_depth_rules_name_the_field(patch: dict, field: str) -> None:
     body = {**BASE, "space": {"reg_lambda": {"low": 1e-5, "high": 1e-1, "log": True}}, **patch}
     assert field in errors(body)
+
+
+def test_share_prefixes_with_a_population_and_a_later_start_is_accepted() -> None:
+    body = {**BASE, "search": {"population": 4, "share_prefixes": True},
+            "space": {"reg_start_step": {"low": 0, "high": 40, "type": "int"}}}
+    assert load_spec(json.dumps(body)).search.share_prefixes
+    constant = {**body, "space": {"reg_start_step": 20,
+                                  "reg_lambda": {"choices": [1e-4, 1e-3]}}}
+    assert load_spec(json.dumps(constant)).search.share_prefixes
+    message = errors({**body, "search": {"share_prefixes": True}})["search.share_prefixes"]
+    assert "search.population" in message

@@ -43,7 +43,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 from torch import Tensor
@@ -388,16 +388,19 @@ class PlanRun:
 
 
 def run_plan(prefix_plan: PrefixPlan, on_epoch: EpochCallback | None = None,
-             device: torch.device | None = None) -> PlanRun:
+             device: torch.device | None = None, skip: Collection[int] = ()) -> PlanRun:
     """Train every setup of the plan, sharing prefixes; metrics as independent runs give.
 
     ``on_epoch(i, metrics)`` is called for trial i's every epoch, in order per
     trial (trials interleave: a branch runs to its end before the trunk goes on).
     Returning ``False`` stops trial i (early stopping): it forks no branch and
-    a branch or trunk nobody needs any more stops training.
+    a branch or trunk nobody needs any more stops training. Trials in ``skip``
+    count as stopped from the start (a restarted run whose outcome for them is
+    already known): their branches are never trained, and the trunk only goes
+    as far as the other trials need.
     """
     setups = prefix_plan.setups
-    result = PlanRun(histories=[[] for _ in setups])
+    result = PlanRun(histories=[[] for _ in setups], stopped=set(skip))
 
     def deliver(indices: Sequence[int], metrics: dict[str, float]) -> bool:
         """Give ``metrics`` to the live trials among ``indices``; False if none is left."""

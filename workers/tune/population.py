@@ -14,6 +14,10 @@ trials:
   halving over the members that reached each rung (``MemberRungs``), so a weak
   member stops training while its neighbours go on. Tune's own scheduler is
   FIFO: it only sees whole populations.
+
+With ``search.share_prefixes`` the trainable hands the members to
+``workers.tune.shared_prefix`` instead, which trains shared prefixes once and
+reports in the same shape.
 """
 
 from __future__ import annotations
@@ -147,6 +151,11 @@ def train_population(config: dict[str, Any], spec_json: dict[str, Any]) -> None:
     from workers.tune.trainable import limit_gpu_memory, placement
 
     spec = SearchSpec.model_validate(spec_json)
+    if spec.search.share_prefixes:
+        from workers.tune.shared_prefix import train_shared_population
+
+        train_shared_population(config, spec_json)
+        return
     setups = [build_setup(spec, trial_params(spec, c)) for c in config[MEMBERS]]
     device = select_device()
     limit_gpu_memory(device, spec.resources.memory_fraction)
