@@ -4,7 +4,9 @@ They run inside the driver, the single writer for a job: a trial never opens a
 database connection, which keeps trials cheap and keeps SQLite free of
 concurrent writers. MLflow gets one child run per trial (tagged with the
 parent run, the job id and the trial id), params = the trial's complete
-configuration, and metrics per epoch in one ``log_batch`` call.
+configuration, and metrics per epoch (the epoch as step), written by a
+background thread that coalesces epochs into few ``log_batch`` calls
+(``workers.tune.mlflow_writer``): the trials never wait for MLflow.
 
 What is recorded is a *unit*: a Tune trial, or each member of a batched
 population (``workers.tune.population.member_units``), so a member has its own
@@ -28,6 +30,7 @@ from ray.tune import Callback
 from search_spaces import SearchSpec
 from search_spaces.catalog import METRICS
 from search_spaces.selection import better, standard_error
+from workers.tune.mlflow_writer import MlflowWriter
 from workers.tune.population import member_units
 
 log = logging.getLogger(__name__)
@@ -62,24 +65,38 @@ class _Units:
 
 
 class MlflowTrialCallback(Callback):
-    """One MLflow child run per trial (or population member), under the job's run."""
+    """One MLflow child run per trial (or population member), under the job's run.
+
+    The hooks run in Tune's driver thread while every trial waits for them, so
+    they only enqueue: a :class:`~workers.tune.mlflow_writer.MlflowWriter` thread
+    creates the runs and writes params, coalesced per-epoch metrics and final
+    statuses. ``run_ids`` is filled in as runs are made; :meth:`run_id` waits for
+    one. The writer is flushed and stopped at the end of each Tune round
+    (``on_experiment_end``) and by :meth:`close`; it is never pickled with the
+    callback and is rebuilt on first use after ``Tuner.restore``.
+    """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 job_id: str, spec: SearchSpec) -> None:
+                 job_id: str, spec: SearchSpec, interval_s: float = 1.0) -> None:
         self.tracking_uri = tracking_uri
         self._client: Any = None
+        self._writer: MlflowWriter | None = None
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.job_id = job_id
         self.spec = spec
+        self.interval_s = interval_s
         self.run_ids: dict[str, str] = {}
+        self._opened: set[str] = set()  # units whose run the writer was asked to open
         self._placed: set[str] = set()
         self._units = _Units()
 
     # Tune pickles its callbacks with the experiment state (for Tuner.restore):
-    # keep only the URI and build the client again after unpickling.
+    # keep the URI and ids, build the client and the writer again after unpickling.
+    # Units opened but not yet made are forgotten, so a restored driver opens them again.
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_writer": None, "_opened": set(),
+                "run_ids": dict(self.run_ids)}
 
     @property
     def client(self) -> Any:
@@ -89,53 +106,72 @@ class MlflowTrialCallback(Callback):
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
-    def run_for(self, unit: str, params: dict[str, Any]) -> str:
-        run_id = self.run_ids.get(unit)
-        if run_id is None:
-            run_id = self._find_or_create(unit, params)
-            self.run_ids[unit] = run_id
-        return run_id
+    @property
+    def writer(self) -> MlflowWriter:
+        if self._writer is None:
+            uri = self.tracking_uri
 
-    def _find_or_create(self, unit: str, params: dict[str, Any]) -> str:
-        from mlflow.entities import Param
+            def client() -> Any:  # the writer thread's own client
+                from mlflow.tracking import MlflowClient
 
-        # A resumed driver finds the run it created before it died.
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`regtune.job_id` = '{self.job_id}' and "
-                          f"tags.`regtune.trial_id` = '{unit}'", max_results=1)
-        if found:
-            return found[0].info.run_id
-        tags = {"mlflow.parentRunId": self.parent_run_id, "regtune.job_id": self.job_id,
-                "regtune.trial_id": unit, "mlflow.runName": unit}
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=unit)
-        self.client.log_batch(run.info.run_id,
-                              params=[Param(k, str(v)) for k, v in sorted(params.items())])
-        return run.info.run_id
+                return MlflowClient(tracking_uri=uri)
+
+            self._writer = MlflowWriter(client, self.experiment_id, self.parent_run_id,
+                                        self.job_id, self.run_ids, interval_s=self.interval_s)
+        return self._writer
+
+    def _to_open(self, unit: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """``params`` if the writer must open the unit's run now, else None."""
+        if unit in self.run_ids or unit in self._opened:
+            return None
+        self._opened.add(unit)
+        return params
+
+    def run_id(self, unit: str, timeout: float = 30.0) -> str | None:
+        """The unit's run id; waits up to ``timeout`` if its run is still being made."""
+        found = self.run_ids.get(unit)
+        if found is None and self._writer is not None:
+            found = self._writer.run_id(unit, timeout)
+        return found
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        from mlflow.entities import Metric, RunTag
-
         now = int(time.time() * 1000)
         for unit, params, metrics, epoch in self._units.fresh(self.spec, trial, result):
-            run_id = self.run_for(unit, params)
-            batch = [Metric(k, v, now, epoch) for k, v in numeric_metrics(metrics).items()]
-            tags = []
+            tags = None
             if unit not in self._placed:  # where it runs, once per (re)start
-                tags = [RunTag(f"regtune.{k}", str(result.get(k, ""))) for k in PLACEMENT_KEYS]
+                tags = {f"regtune.{k}": str(result.get(k, "")) for k in PLACEMENT_KEYS}
                 self._placed.add(unit)
-            self.client.log_batch(run_id, metrics=batch, tags=tags)
+            self.writer.log(unit, numeric_metrics(metrics), now, epoch, tags,
+                            open_params=self._to_open(unit, params))
 
     def _finish(self, trial: Any, status: str) -> None:
+        now = int(time.time() * 1000)
         for unit, params, _ in member_units(self.spec, trial, trial.last_result):
-            self.client.set_terminated(self.run_for(unit, params), status)
+            # open_params: a trial that failed before its first result gets a run too
+            self.writer.terminate(unit, status, now, open_params=self._to_open(unit, params))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "FAILED")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """End of a Tune round (Tune calls it from its cleanup, on errors too)."""
+        self.close()
+
+    def close(self, timeout: float | None = 120.0) -> bool:
+        """Write everything queued and stop the writer; True if nothing was left unwritten.
+
+        The driver calls it before it finishes the parent run. Idempotent; a later
+        result starts a new writer.
+        """
+        writer, self._writer = self._writer, None
+        self._opened = set()  # made runs are in run_ids; the rest are opened again
+        if writer is None:
+            return True
+        return writer.close(timeout) and not writer.stats["dropped"]
 
 
 class StoreTrialCallback(Callback):
@@ -165,8 +201,20 @@ class StoreTrialCallback(Callback):
             self._store = open_store(self.database_url)
         return self._store
 
-    def _run_id(self, unit: str) -> str | None:
-        return self.mlflow_cb.run_ids.get(unit) if self.mlflow_cb else None
+    def _run_id(self, unit: str, wait: bool = False) -> str | None:
+        """The unit's MLflow run id if made yet (made in the background); ``wait``: wait for it."""
+        if self.mlflow_cb is None:
+            return None
+        return self.mlflow_cb.run_id(unit) if wait else self.mlflow_cb.run_ids.get(unit)
+
+    def _ids(self, unit: str, wait: bool = False) -> dict[str, Any]:
+        """``mlflow_run_id`` for an upsert, only once known: None would erase a stored one."""
+        run_id = self._run_id(unit, wait)
+        if run_id is not None and self.best is not None and self.best["trial_id"] == unit \
+                and self.best.get("mlflow_run_id") != run_id:
+            self.best = {**self.best, "mlflow_run_id": run_id}  # best before its run was made
+            self.store.update_job(self.job_id, best=self.best)
+        return {} if run_id is None else {"mlflow_run_id": run_id}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         for unit, params, _ in member_units(self.spec, trial, None):
@@ -186,8 +234,7 @@ class StoreTrialCallback(Callback):
             history.append(objective)
             metrics["objective_se"] = standard_error(history)
         fields: dict[str, Any] = dict(status="running", metrics=metrics, config=params,
-                                      iteration=epoch, objective=objective,
-                                      mlflow_run_id=self._run_id(unit))
+                                      iteration=epoch, objective=objective, **self._ids(unit))
         if epoch == 1:
             # The Ray node id: unique, where IPs repeat (nodes sharing a host).
             fields.update(node=result.get("node_id"),
@@ -206,7 +253,7 @@ class StoreTrialCallback(Callback):
             done = int(metrics.get("epoch", 0) or 0)
             final = status or ("completed" if done >= self.spec.train.epochs else "stopped")
             self.store.upsert_trial(self.job_id, unit, status=final, config=params,
-                                    mlflow_run_id=self._run_id(unit))
+                                    **self._ids(unit, wait=True))
             self.store.add_event(self.job_id, "trial_" + final,
                                  {"trial_id": unit, "iterations": done, **payload})
 

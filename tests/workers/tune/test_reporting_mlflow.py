@@ -1,0 +1,98 @@
+"""The driver's two callbacks against a real SQLite MLflow store and job store, driven
+as Tune drives them (no Ray): runs, params, per-epoch metrics, statuses, run ids in
+the job store, and a restore from the pickled callbacks."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from search_spaces import validate_spec
+from tests.workers.tune.conftest import tiny
+
+
+def result(epoch: int, acc: float) -> dict[str, Any]:
+    return {"epoch": epoch, "training_iteration": epoch, "val_accuracy": acc,
+            "train_loss": 1.0 / epoch, "step": 10 * epoch, "node_ip": "127.0.0.1",
+            "node_id": "n1", "gpu_ids": ""}
+
+
+def test_callbacks_record_runs_metrics_statuses_and_survive_a_restore(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from service.store import open_store
+    from workers.tune.reporting import MlflowTrialCallback, StoreTrialCallback
+    from workers.tune.tracking import ParentRun
+
+    spec = validate_spec(tiny("report-real"))  # 3 epochs
+    uri, db = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = open_store(db)
+    job, _ = store.create_job(name=spec.name, owner="o", spec=spec.model_dump(mode="json"),
+                              num_trials=3)
+    parent = ParentRun(uri, (tmp_path / "artifacts").as_uri(), job.id, spec, "o")
+    mlflow_cb = MlflowTrialCallback(uri, parent.experiment_id, parent.run_id, job.id, spec)
+    store_cb = StoreTrialCallback(db, job.id, spec, mlflow_cb)
+    callbacks = [mlflow_cb, store_cb]
+
+    def call(cbs: list, hook: str, trial: Any, *args: Any) -> None:
+        for cb in cbs:
+            getattr(cb, hook)(0, [], trial, *args)
+
+    t0 = SimpleNamespace(trial_id="t0", config={"reg_lambda": 1e-3, "l1_ratio": 0.5},
+                         last_result={})
+    t1 = SimpleNamespace(trial_id="t1", config={"reg_lambda": 1e-4, "l1_ratio": 0.0},
+                         last_result={})
+    for t in (t0, t1):
+        call(callbacks, "on_trial_start", t)
+    for epoch in (1, 2, 3):
+        t0.last_result = result(epoch, 0.5 + 0.1 * epoch)
+        call(callbacks, "on_trial_result", t0, t0.last_result)
+    call(callbacks, "on_trial_complete", t0)
+    t1.last_result = result(1, 0.2)
+    call(callbacks, "on_trial_result", t1, t1.last_result)
+    call(callbacks, "on_trial_error", t1)
+    # Tune's snapshot of the callbacks, taken mid-round with the writer running;
+    # the restored copies share their MlflowTrialCallback as the originals do.
+    t2 = SimpleNamespace(trial_id="t2", config={"reg_lambda": 1e-2, "l1_ratio": 1.0},
+                         last_result={})
+    t2.last_result = result(1, 0.3)
+    call(callbacks, "on_trial_result", t2, t2.last_result)
+    restored = pickle.loads(pickle.dumps(callbacks))
+    assert restored[1].mlflow_cb is restored[0] and restored[0]._writer is None
+    for cb in callbacks:
+        cb.on_experiment_end([])
+    assert mlflow_cb.close() and mlflow_cb._writer is None
+    # The restored round: t2 re-reports from its checkpoint (epoch 1 again), finishes.
+    restored[0]._units, restored[1]._units = type(mlflow_cb._units)(), type(
+        store_cb._units)()  # as if the snapshot predates t2's first result
+    restored[0].run_ids.pop("t2", None)
+    for epoch in (1, 2, 3):
+        t2.last_result = result(epoch, 0.3 + 0.01 * epoch)
+        call(restored, "on_trial_result", t2, t2.last_result)
+    call(restored, "on_trial_complete", t2)
+    for cb in restored:
+        cb.on_experiment_end([])
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([parent.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
+    by_trial = {r.data.tags["regtune.trial_id"]: r for r in runs}
+    assert sorted(by_trial) == ["t0", "t1", "t2"] and len(runs) == 3  # t2 found, not remade
+    assert {k: r.info.status for k, r in by_trial.items()} == {
+        "t0": "FINISHED", "t1": "FAILED", "t2": "FINISHED"}
+    assert by_trial["t0"].data.params["reg_lambda"] == "0.001"
+    assert by_trial["t0"].data.tags["regtune.node_ip"] == "127.0.0.1"
+    for trial_id, steps in (("t0", [1, 2, 3]), ("t1", [1]), ("t2", [1, 2, 3])):
+        history = client.get_metric_history(by_trial[trial_id].info.run_id, "val_accuracy")
+        assert sorted({m.step for m in history}) == steps, trial_id
+    last = client.get_metric_history(by_trial["t2"].info.run_id, "val_accuracy")[-1]
+    assert last.step == 3 and abs(last.value - 0.33) < 1e-9
+    rows = {t.trial_id: t for t in store.list_trials(job.id)}
+    assert {k: t.mlflow_run_id for k, t in rows.items()} == {
+        k: r.info.run_id for k, r in by_trial.items()}
+    assert rows["t0"].status == "completed" and rows["t1"].status == "failed"
+    best = store.get_job(job.id).best
+    assert best["trial_id"] == "t0" and best["mlflow_run_id"] == by_trial["t0"].info.run_id
+    store.close()

@@ -1,0 +1,339 @@
+"""A background writer for the driver's MLflow child runs.
+
+Why: Tune's function trainables report synchronously, so every millisecond a
+driver callback spends in MLflow is a millisecond every running trial stands
+still. One ``log_batch`` per epoch per trial on the SQLite store costs 8–12 ms
+(two commits, several fsyncs). Here the driver's callback only *enqueues*
+(microseconds) and one daemon thread writes:
+
+* **coalesced**: everything pending for a run goes out in as few ``log_batch``
+  calls as MLflow allows (``MAX_METRICS_PER_BATCH`` 1000 metrics,
+  ``MAX_PARAMS_TAGS_PER_BATCH`` 100 params and 100 tags,
+  ``MAX_ENTITIES_PER_BATCH`` 1000 in all, per call — mlflow.utils.validation),
+  and the writer lingers ``interval_s`` between rounds of metric-only writes so
+  several epochs share one call. Creating a run, a flush or someone waiting for
+  a run id skips the linger.
+* **in order per run**: a run is found or created before anything is logged to
+  it, its params go with its first ``log_batch``, and ``set_terminated`` is a
+  barrier: what was enqueued before it is written before it.
+* **bounded**: at ``max_pending`` queued operations the producer waits (back-
+  pressure) instead of growing memory without limit.
+* **never silent, never fatal**: a failed MLflow call is retried with back-off;
+  what still fails is logged at ERROR with what was dropped and counted in
+  ``stats``; the thread itself never dies of it, and the driver never sees it.
+
+A driver killed with operations still queued loses them (they are metrics of
+epochs a restored round re-reports from its last checkpoint anyway); a normal
+exit flushes through :func:`_close_all_at_exit`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+# mlflow.utils.validation in mlflow 3.17; repeated here so importing this module
+# does not import MLflow (the tests' fake clients need none of it).
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000
+
+
+@dataclass
+class _Op:
+    """One queued operation for a unit's run: open, data or end (a barrier)."""
+
+    kind: str  # "open" | "data" | "end"
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: list[tuple[str, float, int, int]] = field(default_factory=list)  # key, v, ts, step
+    tags: dict[str, str] = field(default_factory=dict)
+    status: str = ""
+    end_time: int = 0
+
+
+def batches(metrics: list[Any], params: list[Any], tags: list[Any]
+            ) -> list[tuple[list[Any], list[Any], list[Any]]]:
+    """Split one logical log_batch into calls that each respect MLflow's limits."""
+    out = []
+    while metrics or params or tags or not out:
+        p, params = params[:MAX_PARAMS_TAGS_PER_BATCH], params[MAX_PARAMS_TAGS_PER_BATCH:]
+        t, tags = tags[:MAX_PARAMS_TAGS_PER_BATCH], tags[MAX_PARAMS_TAGS_PER_BATCH:]
+        room = min(MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - len(p) - len(t))
+        m, metrics = metrics[:room], metrics[room:]
+        out.append((m, p, t))
+    return out
+
+
+class MlflowWriter:
+    """One daemon thread writing the child runs of one job; see the module docstring.
+
+    ``run_ids`` (unit -> run id) is shared with the caller and filled in as runs
+    are found or created; :meth:`run_id` waits for one.
+    """
+
+    def __init__(self, client_factory: Callable[[], Any], experiment_id: str,
+                 parent_run_id: str, job_id: str, run_ids: dict[str, str], *,
+                 interval_s: float = 1.0, max_pending: int = 10_000, retries: int = 3,
+                 backoff_s: float = 0.5) -> None:
+        self._client_factory = client_factory
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.job_id = job_id
+        self.run_ids = run_ids
+        self.interval_s = interval_s
+        self.max_pending = max_pending
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._cond = threading.Condition()
+        self._pending: dict[str, list[_Op]] = {}
+        self._queued = 0  # operations in _pending
+        self._enqueued = 0  # operations ever enqueued
+        self._done = 0  # operations written (or given up)
+        self._urgent = False
+        self._closing = False
+        self._failed: set[str] = set()  # units whose run could not be made (yet)
+        self._open_params: dict[str, dict[str, str]] = {}  # writer thread only
+        self._known: dict[str, str] | None = None  # this job's runs found in MLflow
+        self._last_write = 0.0
+        self.stats = {"calls": 0, "cpu_s": 0.0, "wall_s": 0.0, "rounds": 0, "errors": 0,
+                      "dropped": 0, "waits": 0}
+        self._thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
+        self._thread.start()
+        _LIVE.add(self)
+
+    # --- producer side (the driver thread) -------------------------------------------
+
+    def open(self, unit: str, params: dict[str, Any]) -> None:
+        """Find or create the unit's run; params are logged with its first batch."""
+        self._put(unit, self._open_op(params))
+
+    def log(self, unit: str, metrics: dict[str, float], timestamp: int, step: int,
+            tags: dict[str, str] | None = None, open_params: dict[str, Any] | None = None
+            ) -> None:
+        """Metrics of one step; ``open_params``: open the run first, in the same breath,
+        so its params share a call with these metrics."""
+        op = _Op("data", metrics=[(k, v, timestamp, step) for k, v in metrics.items()],
+                 tags=dict(tags or {}))
+        self._put(unit, *([] if open_params is None else [self._open_op(open_params)]), op)
+
+    def terminate(self, unit: str, status: str, end_time: int | None = None,
+                  open_params: dict[str, Any] | None = None) -> None:
+        op = _Op("end", status=status, end_time=end_time or int(time.time() * 1000))
+        self._put(unit, *([] if open_params is None else [self._open_op(open_params)]), op)
+
+    @staticmethod
+    def _open_op(params: dict[str, Any]) -> _Op:
+        return _Op("open", params={k: str(v) for k, v in sorted(params.items())})
+
+    def _put(self, unit: str, *ops: _Op) -> None:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the MLflow writer is closed")
+            while self._queued >= self.max_pending and self._thread.is_alive():
+                self.stats["waits"] += 1  # back-pressure: the writer is behind
+                self._urgent = True
+                self._cond.notify_all()
+                self._cond.wait(1.0)
+            self._pending.setdefault(unit, []).extend(ops)
+            self._queued += len(ops)
+            self._enqueued += len(ops)
+            # A new run is made at once (the job store wants its id); metrics linger.
+            self._urgent = self._urgent or any(op.kind == "open" for op in ops)
+            self._cond.notify_all()
+
+    def run_id(self, unit: str, timeout: float = 30.0) -> str | None:
+        """The unit's run id, waiting (writer hurried) up to ``timeout`` for its creation."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while unit not in self.run_ids and unit not in self._failed:
+                pending = unit in self._pending
+                left = deadline - time.monotonic()
+                if left <= 0 or not (pending or self._queued or self._enqueued > self._done):
+                    break
+                self._urgent = True
+                self._cond.notify_all()
+                self._cond.wait(left)
+            return self.run_ids.get(unit)
+
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Wait until everything enqueued so far is written (or given up); True if so."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._enqueued
+            while self._done < target and self._thread.is_alive():
+                self._urgent = True
+                self._cond.notify_all()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return self._done >= target
+
+    def close(self, timeout: float | None = 60.0) -> bool:
+        """Flush, then stop the thread. True if everything was written in time."""
+        flushed = self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout if timeout is not None else None)
+        _LIVE.discard(self)
+        if not flushed:
+            log.error("MLflow writer closed with %d operations unwritten", self._queued)
+        return flushed and not self._thread.is_alive()
+
+    # --- the writer thread ---------------------------------------------------------------
+
+    def _loop(self) -> None:
+        client = None
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                # Linger so several epochs (and trials) share a call, unless hurried.
+                deadline = self._last_write + self.interval_s
+                while not (self._urgent or self._closing) and time.monotonic() < deadline:
+                    self._cond.wait(deadline - time.monotonic())
+                work, self._pending = self._pending, {}
+                count, self._queued, self._urgent = self._queued, 0, False
+                self._cond.notify_all()  # room for blocked producers
+            self._last_write = time.monotonic()
+            cpu = time.thread_time()
+            try:
+                if client is None:
+                    client = self._client_factory()
+                for unit, ops in work.items():
+                    self._write_unit(client, unit, ops)
+            except BaseException:  # noqa: BLE001 - the thread must outlive any failure
+                log.exception("MLflow writer: a round of writes failed; %d operations lost",
+                              count)
+                self.stats["dropped"] += count
+            self.stats["cpu_s"] += time.thread_time() - cpu
+            self.stats["wall_s"] += time.monotonic() - self._last_write
+            self.stats["rounds"] += 1
+            with self._cond:
+                self._done += count
+                self._cond.notify_all()
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One MLflow call, retried with back-off; raises the last error."""
+        for attempt in range(self.retries + 1):
+            try:
+                self.stats["calls"] += 1
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - retried, then raised
+                self.stats["errors"] += 1
+                if attempt == self.retries:
+                    raise
+                log.warning("MLflow %s failed (attempt %d of %d), retrying: %s", what,
+                            attempt + 1, self.retries + 1, exc)
+                time.sleep(self.backoff_s * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _write_unit(self, client: Any, unit: str, ops: list[_Op]) -> None:
+        """Write one unit's queued operations in order, coalescing data between barriers."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        for op in ops:
+            if op.kind == "open":
+                self._open_params.setdefault(unit, op.params)
+        params: dict[str, str] = {}
+        if unit not in self.run_ids:
+            try:
+                if unit not in self._open_params:
+                    raise RuntimeError("no run was opened for it")
+                params = self._open(client, unit, self._open_params[unit])
+            except Exception as exc:  # noqa: BLE001 - retried next round, if any
+                with self._cond:
+                    self._failed.add(unit)
+                    self._cond.notify_all()
+                self._give_up(unit, "its run", exc, ops)
+                return
+        run_id = self.run_ids[unit]
+        metrics: list[tuple[str, float, int, int]] = []
+        tags: dict[str, str] = {}
+        held: list[_Op] = []  # the data ops in metrics/tags, for the error message
+
+        def send() -> None:
+            if metrics or params or tags:
+                for m, p, t in batches([Metric(*x) for x in metrics],
+                                       [Param(k, v) for k, v in params.items()],
+                                       [RunTag(k, v) for k, v in tags.items()]):
+                    self._call("log_batch", client.log_batch, run_id, metrics=m, params=p,
+                               tags=t)
+            params.clear(), metrics.clear(), tags.clear(), held.clear()
+
+        for op in ops:
+            try:
+                if op.kind == "data":
+                    metrics.extend(op.metrics)
+                    tags.update(op.tags)
+                    held.append(op)
+                elif op.kind == "end":
+                    send()
+                    self._call("set_terminated", client.set_terminated, run_id, op.status,
+                               end_time=op.end_time)
+            except Exception as exc:  # noqa: BLE001 - logged, counted, never fatal
+                self._give_up(unit, "log_batch" if held else op.kind, exc, held or [op])
+                params.clear(), metrics.clear(), tags.clear(), held.clear()
+        try:
+            send()
+        except Exception as exc:  # noqa: BLE001
+            self._give_up(unit, "log_batch", exc, held)
+
+    def _give_up(self, unit: str, what: str, exc: BaseException, ops: list[_Op]) -> None:
+        self.stats["dropped"] += len(ops)
+        log.error("MLflow writer gave up on %s for %s after %d attempts; dropped %d "
+                  "operations (%d metric values): %s", what, unit, self.retries + 1, len(ops),
+                  sum(len(o.metrics) for o in ops), exc)
+
+    def _open(self, client: Any, unit: str, params: dict[str, str]) -> dict[str, str]:
+        """Find the unit's run (a resumed driver made it before) or create it.
+
+        Returns the params still to log: all for a new run, none for a found one
+        (a PBT trial's config may have changed since; MLflow refuses changed params).
+        """
+        if self._known is None:  # one search per writer, not one per trial
+            self._known = {}
+            token = None
+            while True:
+                page = self._call("search_runs", client.search_runs, [self.experiment_id],
+                                  filter_string=f"tags.`regtune.job_id` = '{self.job_id}'",
+                                  max_results=1000, page_token=token)
+                for run in page:
+                    trial_id = run.data.tags.get("regtune.trial_id")
+                    if trial_id:
+                        self._known.setdefault(trial_id, run.info.run_id)
+                token = getattr(page, "token", None)
+                if not token:
+                    break
+        found = self._known.get(unit)
+        if found is None:
+            tags = {"mlflow.parentRunId": self.parent_run_id, "regtune.job_id": self.job_id,
+                    "regtune.trial_id": unit, "mlflow.runName": unit}
+            run = self._call("create_run", client.create_run, self.experiment_id, tags=tags,
+                             run_name=unit)
+            self._known[unit] = run.info.run_id
+        with self._cond:
+            self.run_ids[unit] = self._known[unit]
+            self._failed.discard(unit)
+            self._cond.notify_all()
+        return params if found is None else {}
+
+
+_LIVE: "weakref.WeakSet[MlflowWriter]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    """A driver that returns without closing its writer still gets its metrics written."""
+    for writer in list(_LIVE):
+        writer.close(timeout=30.0)
