@@ -78,6 +78,9 @@ class JobService:
         self.store = store
         self.launcher = launcher
         self.limits = Limits(settings.max_running_jobs, settings.max_running_jobs_per_user)
+        # Resolved once: Settings.mlflow_uri resolves the data directory (realpath
+        # system calls) on every access, and every job view shows it.
+        self.mlflow_uri = settings.mlflow_uri
         self._lock = threading.Lock()  # one scheduling decision at a time in this process
         self._launch_tries: dict[str, int] = {}  # transient launch failures per job
 
@@ -186,10 +189,20 @@ class JobService:
 
     # --- views ----------------------------------------------------------------
 
-    def view(self, job: Job, positions: dict[str, int] | None = None) -> dict[str, Any]:
+    def view_of(self, job_id: str) -> dict[str, Any]:
+        """The view of a job by id (404 if none), from one read of the store."""
+        job, counts = self.store.job_and_trial_counts(job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id}")
+        return self.view(job, trial_counts=counts)
+
+    def view(self, job: Job, positions: dict[str, int] | None = None,
+             trial_counts: dict[str, int] | None = None) -> dict[str, Any]:
         counts = {s: 0 for s in ("pending", "running", "completed", "stopped", "failed",
                                  "cancelled")}
-        for status, n in self.store.count_trials_by_status(job.id).items():
+        if trial_counts is None:
+            trial_counts = self.store.count_trials_by_status(job.id)
+        for status, n in trial_counts.items():
             counts[status] = counts.get(status, 0) + n
         if positions is None and job.status == QUEUED:
             positions = self.queue_positions()
@@ -200,7 +213,7 @@ class JobService:
             "queue_position": (positions or {}).get(job.id) if job.status == QUEUED else None,
             "trials": {"total": job.num_trials, "reported": sum(counts.values()), **counts},
             "best": job.best,
-            "mlflow": {"tracking_uri": self.settings.mlflow_uri,
+            "mlflow": {"tracking_uri": self.mlflow_uri,
                        "experiment_id": job.mlflow_experiment_id,
                        "parent_run_id": job.mlflow_parent_run_id},
             "spec": job.spec,
@@ -216,11 +229,11 @@ class JobService:
         return select(SearchSpec.model_validate(job.spec), self.store.list_trials(job.id))
 
     def queue_positions(self) -> dict[str, int]:
-        running = self.store.list_jobs(status=RUNNING, limit=10_000)
-        return queue_positions(self.store.queued_jobs(), running,
+        queued, running, last_started = self.store.queue_snapshot()
+        return queue_positions(queued, running,
                                max_running_total=self.limits.max_running_total,
                                max_running_per_user=self.limits.max_running_per_user,
-                               last_started=self.store.last_started_by_owner())
+                               last_started=last_started)
 
     # --- supervision ----------------------------------------------------------
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from service.auth import LOCAL_PRINCIPAL, Principal
 from service.errors import ApiError
@@ -26,12 +27,20 @@ class Context:
     owned: list[Any] = field(default_factory=list)
 
 
-def context(request: Request) -> Context:
+# Both dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in the
+# thread pool, a thread hand-off per dependency per request (bench B5).
+
+
+async def context(request: Request) -> Context:
     return request.app.state.ctx
 
 
-def principal(request: Request) -> Principal:
-    """Who is calling: a bearer token when REGTUNE_AUTH=required, else the local user."""
+async def principal(request: Request) -> Principal:
+    """Who is calling: a bearer token when REGTUNE_AUTH=required, else the local user.
+
+    The token is looked up in the store on every request (one indexed query, in the
+    thread pool), so a token revoked by ``regtune users revoke`` in another process
+    is refused on the very next request."""
     ctx: Context = request.app.state.ctx
     if ctx.settings.auth == "off":
         return LOCAL_PRINCIPAL
@@ -41,7 +50,7 @@ def principal(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "a bearer token is required (Authorization: Bearer TOKEN)",
                        [{"field": "header.authorization", "message": "missing"}], challenge)
-    user = ctx.store.authenticate(token.strip())
+    user = await run_in_threadpool(ctx.store.authenticate, token.strip())
     if user is None:
         raise ApiError(401, "unknown or revoked token",
                        [{"field": "header.authorization", "message": "invalid"}], challenge)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from search_spaces import SearchSpec, load_spec
 from service.api.deps import Context, context, principal
@@ -40,6 +41,12 @@ def _job(ctx: Context, job_id: str) -> Any:
     return ctx.jobs.get(job_id)  # NotFoundError -> 404 naming path.job_id
 
 
+# Handlers are ``async def`` and run their store work in one ``run_in_threadpool`` call.
+# A plain ``def`` handler costs FastAPI a thread hand-off for itself and another for
+# validating its response (and one per sync dependency): under load on a busy machine
+# those hand-offs, not the queries, were most of a status request (bench B5).
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -63,39 +70,50 @@ async def submit(request: Request, response: Response, ctx: Ctx, who: Who,
     """Submit a search spec (JSON, or YAML with Content-Type application/yaml)."""
     body = await _read_body(request, ctx.settings.max_body_bytes)
     spec = load_spec(body, request.headers.get("content-type"))
-    job, created = await asyncio.to_thread(ctx.jobs.submit, spec, who, idempotency_key)
+
+    def submit_and_view() -> tuple[Any, bool, dict[str, Any]]:
+        job, created = ctx.jobs.submit(spec, who, idempotency_key)
+        return job, created, ctx.jobs.view(job)
+
+    job, created, view = await run_in_threadpool(submit_and_view)
     if ctx.supervisor is not None and created:
         ctx.supervisor.wake()
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return ctx.jobs.view(job)
+    return view
 
 
 @router.get("", response_model=list[JobView])
-def list_jobs(ctx: Ctx, who: Who,
+async def list_jobs(ctx: Ctx, who: Who,
               status: Annotated[str | None, Query(pattern="^(" + "|".join(JOB_STATUSES) + ")$")] = None,
               owner: Annotated[str | None, Query(max_length=100)] = None,
               limit: Annotated[int, Query(ge=1, le=1000)] = 100,
               offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> Any:
-    jobs = ctx.store.list_jobs(owner=owner, status=status, limit=limit, offset=offset)
-    positions = ctx.jobs.queue_positions() if any(j.status == "queued" for j in jobs) else {}
-    return [ctx.jobs.view(j, positions) for j in jobs]
+    def views() -> list[dict[str, Any]]:
+        jobs = ctx.store.list_jobs(owner=owner, status=status, limit=limit, offset=offset)
+        positions = ctx.jobs.queue_positions() if any(j.status == "queued" for j in jobs) else {}
+        return [ctx.jobs.view(j, positions) for j in jobs]
+
+    return await run_in_threadpool(views)
 
 
 @router.get("/{job_id}", response_model=JobView)
-def get_job(job_id: JobId, ctx: Ctx, who: Who) -> Any:
-    return ctx.jobs.view(_job(ctx, job_id))
+async def get_job(job_id: JobId, ctx: Ctx, who: Who) -> Any:
+    return await run_in_threadpool(ctx.jobs.view_of, job_id)
 
 
 @router.get("/{job_id}/trials", response_model=list[TrialView])
-def trials(job_id: JobId, ctx: Ctx, who: Who) -> Any:
-    _job(ctx, job_id)
-    return [TrialView.of(t) for t in ctx.store.list_trials(job_id)]
+async def trials(job_id: JobId, ctx: Ctx, who: Who) -> Any:
+    def views() -> list[TrialView]:
+        _job(ctx, job_id)
+        return [TrialView.of(t) for t in ctx.store.list_trials(job_id)]
+
+    return await run_in_threadpool(views)
 
 
 @router.get("/{job_id}/best", response_model=BestView)
-def best(job_id: JobId, ctx: Ctx, who: Who) -> Any:
-    payload = ctx.jobs.best(_job(ctx, job_id))
+async def best(job_id: JobId, ctx: Ctx, who: Who) -> Any:
+    payload = await run_in_threadpool(lambda: ctx.jobs.best(_job(ctx, job_id)))
     if payload is None:
         raise ApiError(404, f"no trial of job {job_id} has reported its objective yet",
                        [{"field": "path.job_id", "message": "no result yet"}])
@@ -103,8 +121,8 @@ def best(job_id: JobId, ctx: Ctx, who: Who) -> Any:
 
 
 @router.post("/{job_id}/cancel", response_model=JobView, responses=error_responses(403, 409))
-def cancel(job_id: JobId, ctx: Ctx, who: Who) -> Any:
-    return ctx.jobs.view(ctx.jobs.cancel(job_id, who))
+async def cancel(job_id: JobId, ctx: Ctx, who: Who) -> Any:
+    return await run_in_threadpool(lambda: ctx.jobs.view(ctx.jobs.cancel(job_id, who)))
 
 
 _TEXT = {"content": {"text/plain": {"schema": {"type": "string"}}}}
@@ -116,25 +134,29 @@ class Extension(BaseModel):
 
 
 @router.post("/{job_id}/extend", response_model=JobView, responses=error_responses(403, 409))
-def extend(job_id: JobId, body: Extension, ctx: Ctx, who: Who) -> Any:
+async def extend(job_id: JobId, body: Extension, ctx: Ctx, who: Who) -> Any:
     """Run more trials of a succeeded job; the sampler is told every finished trial."""
-    job = ctx.jobs.extend(job_id, body.num_trials, who)
+    view = await run_in_threadpool(
+        lambda: ctx.jobs.view(ctx.jobs.extend(job_id, body.num_trials, who)))
     if ctx.supervisor is not None:
         ctx.supervisor.wake()
-    return ctx.jobs.view(job)
+    return view
 
 
 @router.get("/{job_id}/logs", response_class=Response,
             responses={200: {**_TEXT, "description": "the driver's log"},
                        **error_responses(503)})
-def logs(job_id: JobId, ctx: Ctx, who: Who) -> Response:
-    job = _job(ctx, job_id)
-    if not job.ray_submission_id:
-        return PlainTextResponse("")
-    try:
-        return PlainTextResponse(ctx.launcher.logs(job.ray_submission_id))
-    except LaunchError as exc:
-        raise ApiError(503, f"the cluster did not answer: {exc}")
+async def logs(job_id: JobId, ctx: Ctx, who: Who) -> Response:
+    def text() -> str:
+        job = _job(ctx, job_id)
+        if not job.ray_submission_id:
+            return ""
+        try:
+            return ctx.launcher.logs(job.ray_submission_id)
+        except LaunchError as exc:
+            raise ApiError(503, f"the cluster did not answer: {exc}")
+
+    return PlainTextResponse(await run_in_threadpool(text))
 
 
 POLL_S = 0.5
@@ -155,7 +177,7 @@ async def events(job_id: JobId, request: Request, ctx: Ctx, who: Who,
                  last_event_id: Annotated[str | None, Header(max_length=20)] = None,
                  follow: bool = True) -> StreamingResponse:
     """Server-Sent Events: trial results and state changes, in order, until the job ends."""
-    _job(ctx, job_id)
+    await run_in_threadpool(_job, ctx, job_id)
     start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
 
     async def stream():

@@ -111,6 +111,16 @@ class JobStore(ABC):
     def get_job(self, job_id: str) -> Job | None:
         """The job, or None."""
 
+    def job_and_trial_counts(self, job_id: str) -> tuple[Job | None, dict[str, int]]:
+        """:meth:`get_job` and :meth:`count_trials_by_status` of that job, together:
+        what a job view reads. Implementations answer from one read transaction."""
+        from service.store.entities import TRIAL_STATUSES
+
+        job = self.get_job(job_id)
+        if job is None:
+            return None, dict.fromkeys(TRIAL_STATUSES, 0)
+        return job, self.count_trials_by_status(job_id)
+
     @abstractmethod
     def list_jobs(self, *, owner: str | None = None, status: str | Iterable[str] | None = None,
                   limit: int | None = 100, offset: int = 0) -> list[Job]:
@@ -148,6 +158,20 @@ class JobStore(ABC):
     @abstractmethod
     def count_jobs_by_status(self) -> dict[str, int]:
         """Number of jobs per status; every status is a key, zeros included."""
+
+    def queue_snapshot(self) -> tuple[list[Any], list[Any], dict[str, datetime]]:
+        """What the fair queue reads, and nothing more: ``(queued, running, last_started)``.
+
+        ``queued`` oldest first and ``running`` are objects with ``id``, ``owner``,
+        ``created_at`` and ``started_at`` (whole :class:`Job` objects here; an
+        implementation may answer with lighter rows that skip the spec and the
+        answer, since queue positions are computed on every queued job's view and
+        every submit). ``last_started`` is :meth:`last_started_by_owner`.
+        """
+        from service.store.entities import RUNNING
+
+        return (self.queued_jobs(), self.list_jobs(status=RUNNING, limit=None),
+                self.last_started_by_owner())
 
     def last_started_by_owner(self) -> dict[str, datetime]:
         """Each owner's latest ``started_at``, finished jobs included.

@@ -129,6 +129,8 @@ trials = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("job_id", "trial_index"),
     sa.Index(None, "status"),
+    # A job's counts by status, from the index alone (every job view reads them).
+    sa.Index(None, "job_id", "status"),
 )
 
 events = sa.Table(
