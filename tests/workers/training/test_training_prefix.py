@@ -179,3 +179,14 @@ def test_snapshot_load_refuses_missing_and_foreign_files(tmp_path) -> None:
     torch.save({"format": 99}, tmp_path / "snapshot.pt")
     with pytest.raises(ValueError, match="format"):
         Snapshot.load(tmp_path)
+
+
+def test_run_plan_skips_trials_whose_outcome_is_known(make_setup, cpu) -> None:
+    """A restarted run: skipped trials train nothing, the others exactly as before."""
+    setups = [make_setup(params=_reg(s), train=TRAIN) for s in (6, 18, 30, 42)]
+    p = plan(setups)
+    whole = run_plan(p, device=cpu)
+    again = run_plan(p, device=cpu, skip={2, 3})
+    assert again.histories[2] == [] and again.histories[3] == []
+    assert again.histories[:2] == whole.histories[:2]
+    assert again.forks == 2 and again.steps == 18 + (48 - 6) + (48 - 18)
