@@ -102,9 +102,8 @@ class JobService:
                                "succeeded job")
         job, created = self.store.create_job(
             name=spec.name, owner=principal.name, spec=spec.model_dump(mode="json"),
-            num_trials=planned, idempotency_key=idempotency_key)
-        if created:
-            self.store.add_event(job.id, "job_queued", {"owner": principal.name})
+            num_trials=planned, idempotency_key=idempotency_key,
+            first_event=("job_queued", {"owner": principal.name}))
         return job, created
 
     def _check_trials(self, planned: int) -> None:

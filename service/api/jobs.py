@@ -73,7 +73,8 @@ async def submit(request: Request, response: Response, ctx: Ctx, who: Who,
 
     def submit_and_view() -> tuple[Any, bool, dict[str, Any]]:
         job, created = ctx.jobs.submit(spec, who, idempotency_key)
-        return job, created, ctx.jobs.view(job)
+        # A job created just now has no trials yet: no need to count them.
+        return job, created, ctx.jobs.view(job, trial_counts={} if created else None)
 
     job, created, view = await run_in_threadpool(submit_and_view)
     if ctx.supervisor is not None and created:

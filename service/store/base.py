@@ -98,13 +98,16 @@ class JobStore(ABC):
 
     @abstractmethod
     def create_job(self, *, name: str, owner: str, spec: dict[str, Any], num_trials: int,
-                   idempotency_key: str | None = None) -> tuple[Job, bool]:
+                   idempotency_key: str | None = None,
+                   first_event: tuple[str, dict[str, Any]] | None = None) -> tuple[Job, bool]:
         """Insert a queued job; returns ``(job, created)``.
 
         With an ``idempotency_key``, a second call by the same owner with the
         same key returns the first job and ``created=False`` (the spec of the
         retry is not compared: the key is the client's promise that it is the
-        same request).
+        same request). ``first_event`` (kind, payload) is recorded as the new
+        job's event 1 in the same transaction; nothing is recorded for a job
+        that already existed.
         """
 
     @abstractmethod

@@ -47,6 +47,12 @@ class QueueEntry(NamedTuple):
     started_at: datetime | None
 
 
+def _check_event_kind(kind: Any) -> None:
+    if not isinstance(kind, str) or not kind or len(kind) > 64:
+        raise ValueError("event kind must be a non-empty string of at most 64 characters")
+    check_strings(events, {"kind": kind})
+
+
 # The hot reads (every job view), built once: building a select of every column costs
 # more than running it on SQLite.
 _GET_JOB = sa.select(*jobs.c).where(jobs.c.id == sa.bindparam("job_id"))
@@ -164,7 +170,9 @@ class SqlJobStore(JobStore):
         return to_job(row) if row is not None else None
 
     def create_job(self, *, name: str, owner: str, spec: dict[str, Any], num_trials: int,
-                   idempotency_key: str | None = None) -> tuple[e.Job, bool]:
+                   idempotency_key: str | None = None,
+                   first_event: tuple[str, dict[str, Any]] | None = None
+                   ) -> tuple[e.Job, bool]:
         if not isinstance(name, str) or not name:
             raise ValueError("job name must be a non-empty string")
         check_name(owner, "owner")
@@ -173,6 +181,10 @@ class SqlJobStore(JobStore):
         if int(num_trials) < 0:
             raise ValueError("num_trials must be >= 0")
         check_strings(jobs, {"name": name, "owner": owner, "idempotency_key": idempotency_key})
+        if first_event is not None:
+            kind, payload = first_event
+            _check_event_kind(kind)
+            body = dict(payload or {})
         last: IntegrityError | None = None
         for _attempt in range(3):
             try:
@@ -181,11 +193,16 @@ class SqlJobStore(JobStore):
                         existing = self._job_by_key(conn, owner, idempotency_key)
                         if existing is not None:
                             return existing, False
+                    now = e.utcnow()
                     row = conn.execute(jobs.insert().values(
                         id=new_job_id(), name=name, owner=owner, status=e.QUEUED, spec=spec,
-                        num_trials=int(num_trials), created_at=e.utcnow(),
-                        idempotency_key=idempotency_key, event_seq=0, trial_count=0,
+                        num_trials=int(num_trials), created_at=now,
+                        idempotency_key=idempotency_key,
+                        event_seq=0 if first_event is None else 1, trial_count=0,
                     ).returning(*jobs.c)).one()
+                    if first_event is not None:
+                        conn.execute(events.insert().values(
+                            job_id=row.id, seq=1, kind=kind, payload=body, created_at=now))
                     return to_job(row), True
             except IntegrityError as exc:
                 last = exc
@@ -371,9 +388,7 @@ class SqlJobStore(JobStore):
 
     def add_event(self, job_id: str, kind: str,
                   payload: dict[str, Any] | None = None) -> e.Event:
-        if not isinstance(kind, str) or not kind or len(kind) > 64:
-            raise ValueError("event kind must be a non-empty string of at most 64 characters")
-        check_strings(events, {"kind": kind})
+        _check_event_kind(kind)
         if not findable(job_id):
             raise NotFound(f"no job {job_id!r}")
         body, now = dict(payload or {}), e.utcnow()

@@ -125,6 +125,52 @@ class TestJobs:
         make_job(store)  # no key: never deduplicated
         assert len(store.list_jobs()) == 4
 
+    def test_first_event_is_written_with_the_job_and_only_once(self, store):
+        job, created = store.create_job(name="a", owner="alice", spec=SPEC, num_trials=1,
+                                        idempotency_key="k",
+                                        first_event=("job_queued", {"owner": "alice"}))
+        assert created
+        again, created_again = store.create_job(name="a", owner="alice", spec=SPEC,
+                                                num_trials=1, idempotency_key="k",
+                                                first_event=("job_queued", {"owner": "alice"}))
+        assert not created_again and again.id == job.id
+        events = store.events_since(job.id)
+        assert [(ev.seq, ev.kind, ev.payload) for ev in events] == \
+            [(1, "job_queued", {"owner": "alice"})]
+        assert store.add_event(job.id, "next").seq == 2  # numbering goes on after it
+        with pytest.raises(ValueError):
+            store.create_job(name="a", owner="alice", spec=SPEC, num_trials=1,
+                             first_event=("", {}))
+
+    def test_job_and_trial_counts(self, store):
+        job = make_job(store)
+        store.upsert_trial(job.id, "t1", status="running")
+        store.upsert_trial(job.id, "t2", status="completed")
+        store.upsert_trial(job.id, "t3", status="completed")
+        other = make_job(store)
+        store.upsert_trial(other.id, "t1", status="failed")
+        got, counts = store.job_and_trial_counts(job.id)
+        assert got == store.get_job(job.id)
+        assert counts == store.count_trials_by_status(job.id)
+        assert counts["completed"] == 2 and counts["running"] == 1 and counts["failed"] == 0
+        assert store.job_and_trial_counts("0123456789ab") == (
+            None, dict.fromkeys(("pending", "running", "completed", "stopped", "failed",
+                                 "cancelled"), 0))
+        assert store.job_and_trial_counts("x\x00")[0] is None
+
+    def test_queue_snapshot_matches_the_full_jobs(self, store):
+        a = make_job(store, owner="alice")
+        b = make_job(store, owner="bob")
+        c = make_job(store, owner="alice")
+        assert store.transition(b.id, from_statuses={"queued"}, to="running")
+        queued, running, last = store.queue_snapshot()
+        assert [(q.id, q.owner, q.created_at, q.started_at) for q in queued] == \
+            [(j.id, j.owner, j.created_at, j.started_at) for j in store.queued_jobs()]
+        assert [q.id for q in queued] == [a.id, c.id]
+        assert [(r.id, r.started_at) for r in running] == \
+            [(b.id, store.get_job(b.id).started_at)]
+        assert last == store.last_started_by_owner()
+
     def test_list_jobs_newest_first_and_filters(self, store):
         a1 = make_job(store, owner="alice")
         b1 = make_job(store, owner="bob")
