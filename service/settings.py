@@ -36,6 +36,10 @@ class Settings(BaseSettings):
         "RAY_AUTH_TOKEN_PATH", "REGTUNE_RAY_AUTH_TOKEN_PATH"))
     ray_num_cpus: int | None = None  # local head only; None = all cores
     ray_num_gpus: int | None = None
+    #: Niceness of the local Ray head, and so of every driver and trial it starts (local
+    #: head only; 0 = the API's priority). Keeps the API answering while training
+    #: saturates the cores of a single machine (bench B5).
+    ray_nice: int = Field(10, ge=0, le=19)
     #: Where Tune keeps trial results and checkpoints; on a cluster, storage every
     #: node shares (a mounted volume or s3://...).
     storage_path: str | None = None

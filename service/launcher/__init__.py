@@ -19,7 +19,7 @@ def connect(settings):  # -> tuple[Launcher, LocalRayHead | None]
             token = settings.ray_auth_token_path.read_text().strip()
     else:
         head = LocalRayHead(settings.data_path, num_cpus=settings.ray_num_cpus,
-                            num_gpus=settings.ray_num_gpus)
+                            num_gpus=settings.ray_num_gpus, nice=settings.ray_nice)
         head.start()
         address, token = head.dashboard_url, head.token
     launcher = RayJobsLauncher(address, token=token, driver_python=settings.driver_python,

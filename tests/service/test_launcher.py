@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -83,3 +84,20 @@ def test_settings_are_not_built_at_import() -> None:
             "print(s.get_settings.cache_info().currsize)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"
+
+
+def test_local_head_starts_under_nice_so_its_trials_inherit_it(tmp_path, monkeypatch) -> None:
+    from service.launcher.local_head import LocalRayHead
+    from service.settings import Settings
+
+    monkeypatch.delenv("REGTUNE_RAY_NICE", raising=False)
+    assert Settings(_env_file=None).ray_nice == 10
+    niced = LocalRayHead(tmp_path, nice=10).command()
+    assert Path(niced[0]).name == "nice" and niced[1:3] == ["-n", "10"]
+    assert niced[4:7] == ["start", "--head", "--block"]
+    plain = LocalRayHead(tmp_path, nice=0).command()
+    assert Path(plain[0]).name == "ray" and plain[1:4] == ["start", "--head", "--block"]
+    monkeypatch.setenv("REGTUNE_RAY_NICE", "0")
+    assert Settings(_env_file=None).ray_nice == 0
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, ray_nice=20)
