@@ -1,10 +1,17 @@
-"""B1's internal entry points: the subprocesses the benchmark starts itself."""
+"""B1's internal entry points: the subprocesses the benchmark starts itself.
+
+``python -m bench.b1_overhead bare ...``: the bare Ray Tune run (``bare_tune.bare_main``);
+``python -m bench.b1_overhead serve-moved-agent-ports ...``: ``regtune serve`` with its
+Ray head's agent ports moved (``service_mode.serve_moved_agent_ports``).
+"""
 
 from __future__ import annotations
 
 import sys
 
-from bench.b1_overhead import bare_main, serve_moved_agent_ports
+from bench.b1_overhead.bare_tune import bare_main
+from bench.b1_overhead.service_mode import serve_moved_agent_ports
+
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "bare":
