@@ -1,14 +1,17 @@
 """B6: tracking — what MLflow logging costs a trial, and whether SQLite holds up.
 
 (a) Cost. The driver's real callbacks (``workers.tune.reporting``:
-``MlflowTrialCallback``, which makes one ``log_batch`` per epoch per trial, and
+``MlflowTrialCallback``, whose hooks enqueue for a background writer thread, and
 ``StoreTrialCallback``) are driven in-process exactly as Tune drives them, with
 the results of real epochs of a real ``Trainer``, against a fresh SQLite MLflow
 store and job store. Each callback call and each epoch is timed. Tune's function
 trainables report synchronously (a trial waits at ``tune.report`` until the
 driver has run its callbacks for that result), so callback time per result is
-time each trial stands still. Two workloads: the demo spec (a small MLP, short
-epochs) and B1's 2×768 MLP (≈0.2 s epochs).
+time each trial stands still. Two ways side by side: "sync" flushes the writer
+inside each hook (one ``log_batch`` per epoch, what the trials waited for
+before), "background" as the driver runs now. Both the wait and the CPU the
+writer thread still spends (``time.thread_time``) are reported. Two workloads:
+the demo spec (a small MLP, short epochs) and B1's 2×768 MLP (≈0.2 s epochs).
 
 (b) Concurrency. N processes log to one SQLite MLflow store at the same moment
 (create runs, ``log_batch`` in a tight loop, terminate runs), on a store
@@ -61,9 +64,44 @@ def _load_spec(workload: dict[str, Any], epochs: int | None) -> Any:
     return SearchSpec.model_validate(raw)
 
 
-def measure_cost(workload: dict[str, Any], n_trials: int, scratch: Path,
+#: How MLflow is written in a cost run.
+MODES = {
+    "sync": "synchronous: each result written before the trial goes on (the behaviour "
+            "before the background writer: one log_batch per epoch)",
+    "background": "background writer (as the driver runs now: enqueue, coalesce, flush at "
+                  "round end)",
+}
+
+
+class _Clock:
+    """Wall and this-thread CPU of each call, per key."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
+
+    def timed(self, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        s, c = time.perf_counter(), time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.cpu.setdefault(key, []).append(time.thread_time() - c)
+            self.wall.setdefault(key, []).append(time.perf_counter() - s)
+
+    def wrap(self, obj: Any, name: str, key: str) -> None:
+        """Time every call of ``obj.name`` (an instance attribute shadows the method)."""
+        inner = getattr(obj, name)
+        setattr(obj, name, lambda *a, **k: self.timed(key, inner, *a, **k))
+
+
+def measure_cost(workload: dict[str, Any], n_trials: int, scratch: Path, mode: str,
                  epochs: int | None = None) -> dict[str, Any]:
-    """Drive the driver's callbacks with real epochs; time both."""
+    """Drive the driver's callbacks with real epochs; time both.
+
+    ``mode`` "sync" flushes the writer inside each hook (what the trial waited for
+    before); "background" only enqueues and flushes at the round's end, as Tune
+    calls ``on_experiment_end``.
+    """
     import torch
 
     torch.set_num_threads(1)
@@ -76,6 +114,7 @@ def measure_cost(workload: dict[str, Any], n_trials: int, scratch: Path,
     from workers.tune.tracking import ParentRun
 
     spec = _load_spec(workload, epochs)
+    scratch = scratch / mode
     scratch.mkdir(parents=True, exist_ok=True)
     mlflow_uri = f"sqlite:///{scratch / 'mlflow.db'}"
     db = f"sqlite:///{scratch / 'regtune.db'}"
@@ -87,19 +126,25 @@ def measure_cost(workload: dict[str, Any], n_trials: int, scratch: Path,
     mlflow_cb = MlflowTrialCallback(mlflow_uri, parent.experiment_id, parent.run_id, job.id,
                                     spec)
     store_cb = StoreTrialCallback(db, job.id, spec, mlflow_cb)
+    clock = _Clock()
+    for name in ("upsert_trial", "add_event", "update_job"):  # the store's share, split
+        clock.wrap(store_cb.store, name, f"store.{name}")
+    writer = mlflow_cb.writer  # started before the first trial, as at a round's first result
+    sync = mode == "sync"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     space = define_by_run(spec)
-    times: dict[str, list[float]] = {k: [] for k in (
-        "epoch", "mlflow.result", "mlflow.start", "mlflow.complete", "store.result",
-        "store.start", "store.complete")}
+    epoch_s: list[float] = []
     placement = {"node_ip": "127.0.0.1", "node_id": "n" * 56, "hostname": "bench",
                  "gpu_ids": "", "cuda_visible_devices": ""}
 
-    def timed(key: str, fn: Any, *args: Any, **kwargs: Any) -> None:
-        s = time.perf_counter()
-        fn(*args, **kwargs)
-        times[key].append(time.perf_counter() - s)
+    def mlflow_hook(key: str, fn: Any, *args: Any) -> None:
+        def body() -> None:
+            fn(*args)
+            if sync:
+                writer.flush()
+
+        clock.timed(key, body)
 
     for i in range(n_trials):
         ot = study.ask()
@@ -107,39 +152,34 @@ def measure_cost(workload: dict[str, Any], n_trials: int, scratch: Path,
         config = {**ot.params, **constants}
         trial = SimpleNamespace(trial_id=f"train_trial_{i:05d}", config=config, last_result={})
         trainer = Trainer(build_setup(spec, trial_params(spec, config)), "cpu")
-        timed("mlflow.start", mlflow_cb.on_trial_start, 0, [], trial)
-        timed("store.start", store_cb.on_trial_start, 0, [], trial)
+        mlflow_hook("mlflow.start", mlflow_cb.on_trial_start, 0, [], trial)
+        clock.timed("store.start", store_cb.on_trial_start, 0, [], trial)
         while not trainer.done:
             s = time.perf_counter()
             metrics = trainer.train_epoch()
-            times["epoch"].append(time.perf_counter() - s)
+            epoch_s.append(time.perf_counter() - s)
             result = {**metrics, **placement, "training_iteration": trainer.epoch,
-                      "trial_id": trial.trial_id, "time_this_iter_s": times["epoch"][-1]}
+                      "trial_id": trial.trial_id, "time_this_iter_s": epoch_s[-1]}
             trial.last_result = result
-            timed("mlflow.result", mlflow_cb.on_trial_result, 0, [], trial, result)
-            timed("store.result", store_cb.on_trial_result, 0, [], trial, result)
-        timed("mlflow.complete", mlflow_cb.on_trial_complete, 0, [], trial)
-        timed("store.complete", store_cb.on_trial_complete, 0, [], trial)
+            mlflow_hook("mlflow.result", mlflow_cb.on_trial_result, 0, [], trial, result)
+            clock.timed("store.result", store_cb.on_trial_result, 0, [], trial, result)
+        mlflow_hook("mlflow.complete", mlflow_cb.on_trial_complete, 0, [], trial)
+        clock.timed("store.complete", store_cb.on_trial_complete, 0, [], trial)
         study.tell(ot, float(metrics[spec.objective.metric]))
+    clock.timed("mlflow.round_end", mlflow_cb.on_experiment_end, [])
+    stats = {**writer.stats, "by_call": dict(writer.cpu_by_call)}
+    from mlflow.tracking import MlflowClient
 
-    # Batching: the same metrics, 5 epochs in one log_batch.
-    from mlflow.entities import Metric
-
-    from workers.tune.reporting import numeric_metrics
-
-    client = mlflow_cb.client
-    run_id = client.create_run(parent.experiment_id).info.run_id
-    batched = []
-    for k in range(6):
-        now = int(time.time() * 1000)
-        ms = [Metric(key, v, now, 5 * k + e) for e in range(5)
-              for key, v in numeric_metrics(metrics).items()]
-        s = time.perf_counter()
-        client.log_batch(run_id, metrics=ms)
-        batched.append((time.perf_counter() - s) / 5)
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    runs = client.search_runs([parent.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
+    steps = sum(len(client.get_metric_history(r.info.run_id, spec.objective.metric))
+                for r in runs)
+    finished = sum(r.info.status == "FINISHED" for r in runs)
+    linked = sum(bool(t.mlflow_run_id) for t in store.list_trials(job.id))
     store.close()
-    return {"times": times, "batched_per_epoch": statistics.median(batched[1:]),
-            "n_metrics": len(numeric_metrics(metrics)), "epochs": spec.train.epochs}
+    return {"wall": clock.wall, "cpu": clock.cpu, "epoch": epoch_s, "writer": stats,
+            "check": (len(runs), finished, steps, linked), "trials": n_trials}
 
 
 # --- concurrency ---------------------------------------------------------------------------------
@@ -315,32 +355,59 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     return run_in_scratch("b6", _run, quick, out_dir)
 
 
+def _cost_row(label: str, mode: str, c: dict[str, Any]) -> tuple[list[Any], float, float]:
+    """One row of the cost table; returns it with the wait and CPU shares."""
+    wall, cpu, w = c["wall"], c["cpu"], c["writer"]
+    epoch_total = sum(c["epoch"])
+    n = len(wall["mlflow.result"])
+    hooks = ("mlflow.start", "mlflow.result", "mlflow.complete")
+    waited = sum(sum(wall[k]) for k in hooks)  # the trials stand still for this
+    round_end = sum(wall["mlflow.round_end"])
+    # CPU that competes with training: the driver thread in the hooks (and the round-end
+    # flush) plus the writer thread. In "sync" the driver's hook time is mostly waiting
+    # for the writer, so only its CPU is added, not its wall.
+    hook_cpu = sum(sum(cpu[k]) for k in (*hooks, "mlflow.round_end"))
+    mlflow_cpu = hook_cpu + w["cpu_s"]
+    store_total = sum(sum(wall[k]) for k in ("store.start", "store.result", "store.complete"))
+    runs, finished, steps, linked = c["check"]
+    ok = runs == finished == linked == c["trials"] and steps == n and not w["dropped"]
+    split = " / ".join(f"{1e3 * statistics.mean(wall[f'store.{k}']):.2f}"
+                       if wall.get(f"store.{k}") else "—"
+                       for k in ("upsert_trial", "add_event", "update_job"))
+    row = [label, MODES[mode], n, 1e3 * epoch_total / len(c["epoch"]),
+           1e3 * statistics.mean(wall["mlflow.result"]),
+           1e3 * percentile(wall["mlflow.result"], 95), 1e3 * round_end,
+           100 * waited / epoch_total, 1e3 * w["cpu_s"] / n, w["calls"] / n,
+           100 * mlflow_cpu / epoch_total, 1e3 * statistics.mean(wall["store.result"]), split,
+           100 * store_total / epoch_total,
+           f"{runs} runs, {finished} FINISHED, {steps} steps, {linked} linked, "
+           f"{w['dropped']} dropped" + ("" if ok else " (MISMATCH)")]
+    return row, waited / epoch_total, mlflow_cpu / epoch_total
+
+
 def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
     notes: list[str] = []
     cost_rows = []
-    share_ok = True
+    shares: list[tuple[str, float, float]] = []
     trials = 3 if quick else 6
     for label, workload in WORKLOADS.items():
         if quick and workload.get("model"):
             continue  # --quick: the demo workload only
-        epochs = None
         n = 2 if workload.get("model") else trials
-        c = measure_cost(workload, n, scratch / "cost", epochs)
-        t = c["times"]
-        epoch_s = sum(t["epoch"])
-        n_results = len(t["mlflow.result"])
-        mlflow_total = sum(t["mlflow.result"]) + sum(t["mlflow.start"]) + sum(t["mlflow.complete"])
-        store_total = sum(t["store.result"]) + sum(t["store.start"]) + sum(t["store.complete"])
-        share = mlflow_total / epoch_s
-        share_ok = share_ok and share <= GOAL_SHARE
-        cost_rows.append([label, n_results, 1e3 * epoch_s / len(t["epoch"]),
-                          1e3 * statistics.mean(t["mlflow.result"]),
-                          1e3 * percentile(t["mlflow.result"], 95),
-                          1e3 * (statistics.mean(t["mlflow.start"])
-                                 + statistics.mean(t["mlflow.complete"])),
-                          100 * share, 1e3 * statistics.mean(t["store.result"]),
-                          100 * store_total / epoch_s,
-                          1e3 * c["batched_per_epoch"]])
+        for mode in MODES:  # side by side, same configs (seeded sampler)
+            c = measure_cost(workload, n, scratch / "cost" / str(len(cost_rows)), mode)
+            row, wait_share, cpu_share = _cost_row(label, mode, c)
+            cost_rows.append(row)
+            if mode == "background":
+                shares.append((label, wait_share, cpu_share))
+                notes.append(f"{label}, background writer CPU by MLflow call (ms in all, "
+                             f"{len(c['epoch'])} results of {n} trials): " + ", ".join(
+                                 f"{k} {1e3 * v:.1f}" for k, v in c["writer"]["by_call"].items()))
+    share_ok = all(cpu <= GOAL_SHARE for _, _, cpu in shares)
+    for label, wait, cpu in shares:
+        notes.append(f"{label}, background writer: trials wait {100 * wait:.2f}% of epoch "
+                     f"time for MLflow; MLflow CPU {100 * cpu:.2f}% of epoch time (goal "
+                     f"≤ {GOAL_SHARE:.0%}: {'met' if cpu <= GOAL_SHARE else 'not met'}).")
     conc_rows = []
     locked_total = 0
     if quick:
@@ -360,12 +427,20 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
     finally:
         writers.close()
     tables = [
-        {"caption": "Cost per trial: the driver's callbacks driven with real epochs (ms; share "
-                    "= callback time ÷ epoch compute, per trial start/result/complete)",
-         "columns": ["workload", "results", "epoch (ms)", "MLflow per result (ms)",
-                     "p95", "MLflow per trial start+end (ms)", "MLflow share %",
-                     "store per result (ms)", "store share %",
-                     "MLflow per epoch if 5 epochs per log_batch (ms)"],
+        {"caption": "Cost per trial: the driver's callbacks driven with real epochs, MLflow "
+                    "written synchronously (before) and by the background writer (now), side "
+                    "by side on the same configs. 'Trial waits' = wall time of the MLflow "
+                    "hooks in the driver thread (every trial stands still meanwhile); "
+                    "'CPU' = driver-thread CPU in the hooks and round-end flush + the "
+                    "writer thread's CPU (it competes with training for the cores); shares "
+                    "are ÷ epoch compute",
+         "columns": ["workload", "MLflow", "results", "epoch (ms)",
+                     "trial waits for MLflow per result (ms)", "p95 (ms)",
+                     "driver waits at round end (ms)", "trial waits % of epoch time",
+                     "writer CPU per result (ms)", "MLflow calls per result",
+                     "MLflow CPU % of epoch time", "store per result (ms)",
+                     "store: upsert_trial / add_event / update_job (ms per call)",
+                     "store share %", "check"],
          "rows": cost_rows},
         {"caption": "N processes logging to one SQLite MLflow store at once (create_run + 13 "
                     "params, log_batch of 18 metrics in a loop, a new run every 10 batches); "
@@ -384,6 +459,30 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         "tune.report until the driver has processed the result, callbacks included. So the "
         "per-result callback time (MLflow + store, plus the round trip) is added to every "
         "epoch of every trial, and with several trials the driver serialises them.",
+        "Now the MLflow hooks only enqueue; one writer thread in the driver makes each run "
+        "at once (the job store wants its id), then writes the metrics of all pending epochs "
+        "of a run in one log_batch at most once per second (1000 metrics / 100 params / "
+        "100 tags per call), set_terminated after them, and is flushed when Tune ends the "
+        "round (on_experiment_end).",
+        "Which share is the goal judged on: the CPU share (last MLflow column), not the "
+        "wait. The wait is what the trials stand still for; the CPU share is what the "
+        "writer still takes from the 2 cores that train. In this benchmark the writer "
+        "thread shares the process (and the GIL) with the training thread; in a deployment "
+        "it runs in the driver process, apart from the trials.",
+        "Measured on MLflow 3.17's SQLite store: a log_batch costs ≈3.5 ms of CPU plus "
+        "≈60 µs per metric value (SQLAlchemy ORM objects and the latest_metrics update), "
+        "create_run ≈4–5 ms, set_terminated ≈2.5 ms. Coalescing removes the per-call part; "
+        "the per-value part (18 values per epoch ≈ 1 ms) and a run's create/terminate "
+        "remain, which is why short epochs (the demo spec) cannot get under 2% of CPU with "
+        "this store, whatever the batching.",
+        "The hooks' wait is not zero in the background mode: the writer thread holds the GIL "
+        "while MLflow's ORM runs, and the driver thread waits for it (up to the 5 ms switch "
+        "interval per acquisition, more on a loaded machine). Here training shares that "
+        "process too, which makes it worse than in a deployment, where trials train in "
+        "their own processes and the driver thread mostly waits on Ray.",
+        "'check': child runs made, runs FINISHED, objective steps in MLflow (one per "
+        "result), trials in the job store that carry their MLflow run id, operations the "
+        "writer dropped.",
         "Cost measured in one process. The concurrency test starts its writer processes "
         "once (MLflow imported), then runs each scenario with N of them starting at the same "
         "instant on a store of its own.",
@@ -393,8 +492,11 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         "the file once after creating it (it persists in the file; the job store already "
         "runs in WAL); 'wal_normal' also sets synchronous=NORMAL on each connection (a "
         "SQLAlchemy connect listener), as the job store does.",
-        "The last column of the cost table is the same metrics sent 5 epochs per log_batch "
-        "call, per epoch: what batching (or a background writer that batches) would cost.",
+        "The store's per-result cost (upsert_trial + add_event, and update_job when the "
+        "best changes) stays in the driver thread: the API serves it live. Each call is "
+        "its own BEGIN IMMEDIATE transaction and commit; one store method writing the "
+        "trial row, its event and the best in one transaction would save a commit per "
+        "result (service/store is not changed here).",
     ]
     return {"id": "B6", "title": "Tracking: MLflow cost per trial and SQLite under concurrency",
             "command": command_for("B6", quick), "tables": tables, "plots": [],

@@ -104,6 +104,7 @@ class MlflowWriter:
         self._last_write = 0.0
         self.stats = {"calls": 0, "cpu_s": 0.0, "wall_s": 0.0, "rounds": 0, "errors": 0,
                       "dropped": 0, "waits": 0}
+        self.cpu_by_call: dict[str, float] = {}
         self._thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
         self._thread.start()
         _LIVE.add(self)
@@ -226,6 +227,7 @@ class MlflowWriter:
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One MLflow call, retried with back-off; raises the last error."""
         for attempt in range(self.retries + 1):
+            cpu = time.thread_time()
             try:
                 self.stats["calls"] += 1
                 return fn(*args, **kwargs)
@@ -236,6 +238,9 @@ class MlflowWriter:
                 log.warning("MLflow %s failed (attempt %d of %d), retrying: %s", what,
                             attempt + 1, self.retries + 1, exc)
                 time.sleep(self.backoff_s * 2 ** attempt)
+            finally:  # CPU per kind of call, for the benchmark
+                self.cpu_by_call[what] = (self.cpu_by_call.get(what, 0.0)
+                                          + time.thread_time() - cpu)
         raise AssertionError("unreachable")
 
     def _write_unit(self, client: Any, unit: str, ops: list[_Op]) -> None:
