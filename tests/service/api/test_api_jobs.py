@@ -246,3 +246,23 @@ def test_permanent_launch_refusal_fails_the_job(client, launcher) -> None:
     client.app.state.ctx.jobs.tick()
     body = client.get(f"/v1/jobs/{job['id']}").json()
     assert body["status"] == "failed" and "could not launch" in body["error"]
+
+
+def test_a_revoked_token_is_refused_on_the_next_request(client_for) -> None:
+    client = client_for(auth="required")
+    store = client.app.state.ctx.store
+    _, token = store.create_user("dora")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/v1/jobs", headers=headers).status_code == 200
+    job = client.post("/v1/jobs", json=SMALL, headers=headers)
+    assert job.status_code == 201 and job.json()["owner"] == "dora"
+    assert job.json()["queue_position"] == 1
+    # Revoked by another store object, as `regtune users revoke` does from its own process.
+    from service.store import open_store
+
+    other = open_store(store.url)
+    assert other.revoke_user("dora")
+    other.close()
+    refused = client.get(f"/v1/jobs/{job.json()['id']}", headers=headers)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["fields"][0]["field"] == "header.authorization"
