@@ -14,6 +14,9 @@ from typing import Any, Callable
 from search_spaces import SearchSpec
 
 TIME_ATTR = "training_iteration"
+#: Schedulers that pause trials and resume them from their latest checkpoint, so
+#: their trials must checkpoint every epoch (workers.tune.trainable.CheckpointPolicy).
+PAUSING: frozenset[str] = frozenset({"hyperband"})
 
 
 def _target(spec: SearchSpec) -> dict[str, str]:
