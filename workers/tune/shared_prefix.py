@@ -56,9 +56,12 @@ class SharedProgress:
     last: dict[int, dict[str, float]] = field(default_factory=dict)  # member -> last metrics
     done: set[int] = field(default_factory=set)  # completed or stopped: outcome final
     rungs: dict[int, dict[int, float]] = field(default_factory=dict)  # rung -> member -> value
+    #: Work done by every run of this trial so far (steps, evaluations, forks): in the
+    #: checkpoint so the compute of a restarted trial adds up, and can be read back.
+    compute: dict[str, int] = field(default_factory=dict)
 
     def save(self, directory: Path) -> None:
-        data = {"last": self.last, "done": sorted(self.done),
+        data = {"last": self.last, "done": sorted(self.done), "compute": self.compute,
                 "rungs": {str(r): {str(m): v for m, v in vals.items()}
                           for r, vals in self.rungs.items()}}
         (directory / STATE_FILE).write_text(json.dumps(data))
@@ -69,7 +72,12 @@ class SharedProgress:
         return cls(last={int(k): v for k, v in data["last"].items()},
                    done={int(m) for m in data["done"]},
                    rungs={int(r): {int(m): float(v) for m, v in vals.items()}
-                          for r, vals in data["rungs"].items()})
+                          for r, vals in data["rungs"].items()},
+                   compute={k: int(v) for k, v in data.get("compute", {}).items()})
+
+    def independent_steps(self) -> int:
+        """Steps independent runs would take for the epochs every member has reported."""
+        return sum(int(m.get("step", 0)) for m in self.last.values())
 
 
 class ArrivalRungs:
@@ -220,11 +228,13 @@ def train_members(spec: SearchSpec, setups: Sequence[Any], device: Any, emit: Em
     stats.forks = run.forks
     stats.shared_members = sorted(i for g in trees for i in g.members)
     stats.plan = PrefixPlan(setups=full.setups, groups=tuple(trees)).describe()
-    # The last result carries the compute this run took (not catalogue metrics, so
-    # the callbacks do not log them; Tune keeps them in the trial's result.json).
-    reporter.extra = {"prefix_steps": stats.steps,
-                      "prefix_independent_steps": stats.independent_steps,
-                      "prefix_evaluations": stats.evaluations, "prefix_forks": stats.forks}
+    # The last result and checkpoint carry the compute of every run of this trial
+    # (not catalogue metrics, so the callbacks do not log them).
+    for key, value in (("steps", stats.steps), ("evaluations", stats.evaluations),
+                       ("forks", stats.forks)):
+        progress.compute[key] = progress.compute.get(key, 0) + value
+    reporter.extra = {f"prefix_{k}": v for k, v in progress.compute.items()}
+    reporter.extra["prefix_independent_steps"] = progress.independent_steps()
     reporter.flush(force=True)
     return stats
 
