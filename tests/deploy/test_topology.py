@@ -10,6 +10,8 @@ no CUDA device, trains on the CPU.
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
@@ -178,5 +180,10 @@ def test_tune_results_are_under_the_shared_storage_path(finished: Stack) -> None
     # Tune's experiment directory is named after the job (the driver may add a suffix).
     experiments = list(Path(finished.values["storage_path"]).glob(f"{finished.job['id']}*"))
     assert len(experiments) == 1, experiments
-    trial_dirs = {p.parent for p in experiments[0].glob("*/result.json")}
+    # Tune's snapshot of the experiment (what Tuner.restore reads) and a directory per
+    # trial live there; Tune's own result files are off (the job store and MLflow
+    # record every result).
+    (state,) = experiments[0].glob("experiment_state-*.json")
+    assert len(json.loads(state.read_text())["trial_data"]) == SPEC["search"]["num_trials"]
+    trial_dirs = [p for p in experiments[0].iterdir() if p.is_dir()]
     assert len(trial_dirs) == SPEC["search"]["num_trials"]
