@@ -90,12 +90,9 @@ def build_tuner(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks
     from workers.tune.trainable import train_trial
 
     size = spec.search.population
-    parameters: dict[str, Any] = {"spec_json": spec.model_dump(mode="json")}
-    if size > 1:
-        function = train_population
-    else:
-        function = train_trial
-        parameters["checkpoint_interval_s"] = settings.checkpoint_interval_s
+    function = train_population if size > 1 else train_trial
+    parameters = {"spec_json": spec.model_dump(mode="json"),
+                  "checkpoint_interval_s": settings.checkpoint_interval_s}
     trainable = tune.with_resources(tune.with_parameters(function, **parameters),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     path = f"{settings.results_path.rstrip('/')}/{name}"

@@ -142,13 +142,14 @@ class MemberRungs:
         return ranked[keep:]
 
 
-def train_population(config: dict[str, Any], spec_json: dict[str, Any]) -> None:
+def train_population(config: dict[str, Any], spec_json: dict[str, Any],
+                     checkpoint_interval_s: float = 0.0) -> None:
     import ray
     from ray import tune
 
     from workers.training import build_setup, select_device
     from workers.training.population import PopulationTrainer
-    from workers.tune.trainable import limit_gpu_memory, placement
+    from workers.tune.trainable import CheckpointPolicy, limit_gpu_memory, placement
 
     spec = SearchSpec.model_validate(spec_json)
     if spec.search.share_prefixes:
@@ -169,6 +170,7 @@ def train_population(config: dict[str, Any], spec_json: dict[str, Any]) -> None:
             last = {int(k): v for k, v in saved.items()}
     rungs = MemberRungs(spec)
     where = placement(ray)
+    policy = CheckpointPolicy(spec, checkpoint_interval_s)
     metric, mode = spec.objective.objectives()[0]
     while not population.done and population.active:
         active = population.active
@@ -178,10 +180,13 @@ def train_population(config: dict[str, Any], spec_json: dict[str, Any]) -> None:
             population.stop(index)
         values = [m[metric] for m in last.values() if metric in m]
         best = (max if mode == "max" else min)(values) if values else math.nan
+        result = {metric: best, "epoch": population.epoch, **where,
+                  MEMBERS: {str(i): m for i, m in last.items()},
+                  "members_active": len(population.active)}
+        if not policy.due(final=population.done or not population.active):
+            tune.report(result)
+            continue
         with tempfile.TemporaryDirectory() as directory:
             population.save(Path(directory))
             (Path(directory) / "members.json").write_text(json.dumps(last))
-            tune.report({metric: best, "epoch": population.epoch, **where,
-                         MEMBERS: {str(i): m for i, m in last.items()},
-                         "members_active": len(population.active)},
-                        checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
