@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.b1_overhead.service_mode import RAY_AGENT_PORT
-from bench.b1_overhead.tune_driver import _mlflow_in_background, _time_callback_classes, run_driver
+from bench.b1_overhead.tune_driver import _time_callback_classes, run_driver_variant
 from bench.b1_overhead.workload import SLOTS
 from bench.common import (COMPUTE_LOG_ENV, PY, REPO, free_port, read_compute_log,
                           repo_env)
@@ -42,27 +42,8 @@ def run_variant(name: str, spec_json: dict[str, Any], scratch: Path) -> dict[str
     from search_spaces import SearchSpec
     from workers.tune.trainable import train_trial
 
-    if name == "driver":
-        before = os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S", None)
-        result = run_driver(name, spec_json, None)
-        result["global_checkpoint_s"] = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "auto")
-        if before is not None:
-            os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = before
-        return result
-    if name in ("driver_ckpt_auto", "driver_lean"):
-        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "auto"  # the driver only sets a default
-        if name == "driver_lean":
-            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-            undo = _mlflow_in_background()
-        try:
-            result = run_driver(name, spec_json, None)
-        finally:
-            os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S", None)
-            if name == "driver_lean":
-                os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
-                undo()
-        result["global_checkpoint_s"] = "auto"
-        return result
+    if name.startswith("driver"):
+        return run_driver_variant(name, spec_json)
     spec = SearchSpec.model_validate(spec_json)
     lams = spec.grid_axes()["reg_lambda"]
     fn = minimal_trial if name == "bare_min_reuse" else train_trial

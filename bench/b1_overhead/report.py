@@ -52,7 +52,8 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         label = VARIANTS[r["mode"]]
         if r["mode"].startswith("driver"):
             label += (f" [reuse_actors={r.get('reuse_actors')}, TUNE_GLOBAL_CHECKPOINT_S="
-                      f"{r.get('global_checkpoint_s')}]")
+                      f"{r.get('global_checkpoint_s')}, REGTUNE_CHECKPOINT_INTERVAL_S="
+                      f"{r.get('checkpoint_interval_s')}]")
         modes.append((r["mode"], f"(b) {label}", r, bare_records))
     modes.append(("pool", "(c) floor: multiprocessing pool of 2", pool, pool["records"]))
 
@@ -152,9 +153,9 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
     for r in bare_out["runs"]:
         for hook_name, values in sorted(r.get("timings", {}).items()):
             if values:
-                where = ("background thread; the trial does not wait"
-                         if r["mode"] == "driver_lean" and hook_name == "mlflow.on_trial_result"
-                         else "after the last trial, before job_succeeded"
+                where = ("driver thread; only enqueues for the MLflow writer thread"
+                         if hook_name.startswith("mlflow.")
+                         else "after the job succeeded"
                          if hook_name.startswith("figures.")
                          else "driver thread; the trial waits")
                 profile_rows.append([f"{r['mode']}: {hook_name} ({where})",

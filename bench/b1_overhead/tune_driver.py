@@ -1,10 +1,11 @@
 """(b), the in-process driver variants: ``workers.tune.driver.run()`` on the bare-Tune
-script's own Ray, with the driver's callback hooks timed, the ``reuse_actors`` it asks
-for recorded (or overridden), and, for ``driver_lean``, MLflow's per-epoch logging
-moved to a background thread (monkeypatched)."""
+script's own Ray, with the driver's callback hooks timed and the ``reuse_actors`` it
+asks for recorded (or overridden). ``driver`` runs as the code is; the others change
+one environment variable the driver reads, to show what that choice costs."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -67,55 +68,6 @@ def _patch_tune_config(force_reuse: bool | None) -> Any:
     return original
 
 
-def _mlflow_in_background() -> Any:
-    """Move MlflowTrialCallback.on_trial_result off the driver's loop (one writer thread).
-
-    The proposed change, as a monkeypatch: results are queued to a single thread,
-    so the trial that reported goes on at once; a trial's runs are still created
-    (on_trial_start) and closed (on_trial_complete, after its queued results)
-    synchronously, so MLflow sees the same calls in the same order.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from workers.tune import reporting
-
-    cls = reporting.MlflowTrialCallback
-    originals = {h: getattr(cls, h) for h in ("on_trial_result", "on_trial_complete",
-                                              "on_trial_error")}
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
-    pending: dict[str, list[Any]] = defaultdict(list)
-
-    def on_trial_result(self: Any, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
-        pending[trial.trial_id].append(pool.submit(
-            originals["on_trial_result"], self, iteration, trials, trial, dict(result)))
-
-    def _drain(trial: Any) -> None:
-        for future in pending.pop(trial.trial_id, []):
-            future.result()
-
-    def on_trial_complete(self: Any, iteration: int, trials: list, trial: Any,
-                          **info: Any) -> None:
-        _drain(trial)
-        originals["on_trial_complete"](self, iteration, trials, trial, **info)
-
-    def on_trial_error(self: Any, iteration: int, trials: list, trial: Any,
-                       **info: Any) -> None:
-        _drain(trial)
-        originals["on_trial_error"](self, iteration, trials, trial, **info)
-
-    cls.on_trial_result = on_trial_result
-    cls.on_trial_complete = on_trial_complete
-    cls.on_trial_error = on_trial_error
-
-    def undo() -> None:
-        pool.shutdown(wait=True)
-        for hook, fn in originals.items():
-            setattr(cls, hook, fn)
-
-    return undo
-
-
 def run_driver(name: str, spec_json: dict[str, Any], force_reuse: bool | None
                ) -> dict[str, Any]:
     """``workers.tune.driver.run(job_id)`` in this process, on this process's Ray.
@@ -153,3 +105,43 @@ def run_driver(name: str, spec_json: dict[str, Any], force_reuse: bool | None
             "reuse_actors": force_reuse if force_reuse is not None else
             (_SEEN_REUSE[0] if _SEEN_REUSE else None),
             "timings": {k: list(v) for k, v in _TIMINGS.items()}}
+
+
+#: Per driver variant, the environment it runs under (None: unset, so the driver's
+#: own default applies).
+DRIVER_ENV: dict[str, dict[str, str | None]] = {
+    "driver": {"TUNE_GLOBAL_CHECKPOINT_S": None, "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": None,
+               "REGTUNE_CHECKPOINT_INTERVAL_S": None},
+    "driver_ckpt_auto": {"TUNE_GLOBAL_CHECKPOINT_S": "auto",
+                         "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": None,
+                         "REGTUNE_CHECKPOINT_INTERVAL_S": None},
+    "driver_every_epoch": {"TUNE_GLOBAL_CHECKPOINT_S": None,
+                           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": None,
+                           "REGTUNE_CHECKPOINT_INTERVAL_S": "0"},
+}
+
+
+def run_driver_variant(name: str, spec_json: dict[str, Any]) -> dict[str, Any]:
+    """``run_driver`` under the variant's environment, restored afterwards."""
+    from service.settings import get_settings
+
+    saved = {k: os.environ.get(k) for k in DRIVER_ENV[name]}
+    for key, value in DRIVER_ENV[name].items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+    try:
+        result = run_driver(name, spec_json, None)
+        # What the driver ran with (it sets its defaults with setdefault).
+        result["global_checkpoint_s"] = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "auto")
+        result["checkpoint_interval_s"] = get_settings().checkpoint_interval_s
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+    return result

@@ -21,13 +21,13 @@ VARIANTS: dict[str, str] = {
     "bare_min_reuse": "bare Ray Tune, no per-epoch checkpoint, reuse_actors=True",
     "driver": "workers.tune.driver.run() in-process, as the code is (no service, no "
               "driver start-up)",
-    "driver_ckpt_auto": "the same with TUNE_GLOBAL_CHECKPOINT_S=auto (Tune's default)",
-    "driver_lean": "the same with TUNE_GLOBAL_CHECKPOINT_S=auto, "
-                   "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1 and MLflow's per-epoch log_batch "
-                   "moved to a background thread (monkeypatched)",
+    "driver_ckpt_auto": "the same with TUNE_GLOBAL_CHECKPOINT_S=auto (Tune's default "
+                        "experiment snapshots; the driver's default is after every step)",
+    "driver_every_epoch": "the same with REGTUNE_CHECKPOINT_INTERVAL_S=0 (a trial "
+                          "checkpoint after every epoch, as before the interval)",
 }
 FULL_VARIANTS = ("bare", "bare_reuse", "bare_min_reuse", "driver", "driver_ckpt_auto",
-                 "driver_lean")
+                 "driver_every_epoch")
 QUICK_VARIANTS = ("bare",)
 
 

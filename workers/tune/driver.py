@@ -180,7 +180,7 @@ def run(job_id: str) -> int:
         print(f"regtune driver: job {job_id} is {job.status}, not running", file=sys.stderr)
         return 3
     spec = SearchSpec.model_validate(job.spec)
-    parent = None
+    parent = mlflow_cb = None
     try:
         parent = ParentRun(settings.mlflow_uri, settings.artifact_root, job_id, spec, job.owner)
         store.update_job(job_id, mlflow_experiment_id=parent.experiment_id,
@@ -192,6 +192,8 @@ def run(job_id: str) -> int:
         if not ray.is_initialized():  # tests run the driver inside an initialised Ray
             ray.init(address="auto", log_to_driver=False)
         run_rounds(spec, job, store, settings, [mlflow_cb, store_cb])
+        if not mlflow_cb.close():  # every queued MLflow write done before the answer
+            log.warning("some MLflow writes of job %s were not made (see above)", job_id)
         _close_orphans(store, job_id)
         answer = select(spec, store.list_trials(job_id))
         parent.finish(answer, "FINISHED")
@@ -205,6 +207,8 @@ def run(job_id: str) -> int:
     except BaseException as exc:  # noqa: BLE001 - the job must be marked, whatever happened
         message = f"{type(exc).__name__}: {exc}"
         traceback.print_exc()
+        if mlflow_cb is not None:
+            mlflow_cb.close(timeout=30.0)  # what trials reported stays visible in MLflow
         if store.transition(job_id, from_statuses={"running"}, to="failed", error=message[:4000]):
             store.add_event(job_id, "job_failed", {"error": message[:4000]})
             if parent is not None:
