@@ -97,11 +97,17 @@ class _FairQueue:
             if not eligible:
                 break
             user = min(eligible, key=self._key)
-            picked.append(self.queues[user].popleft())
-            self.active[user] += 1
-            self.picks += 1
+            # With one eligible user, nothing changes for the others until that user
+            # runs out of budget, cap or jobs: take that run at once (same order, same
+            # state after; a long single-user queue costs O(n), not O(n) loop rounds).
+            run = 1 if len(eligible) > 1 else min(budget, per_user - self.active[user],
+                                                  len(self.queues[user]))
+            queue = self.queues[user]
+            picked.extend(queue.popleft() for _ in range(run))
+            self.active[user] += run
+            self.picks += run
             self.served[user] = (2, self.picks)
-            budget -= 1
+            budget -= run
         return picked
 
 

@@ -169,7 +169,8 @@ class JobStore(ABC):
         ``created_at`` and ``started_at`` (whole :class:`Job` objects here; an
         implementation may answer with lighter rows that skip the spec and the
         answer, since queue positions are computed on every queued job's view and
-        every submit). ``last_started`` is :meth:`last_started_by_owner`.
+        every submit, and may give queued jobs any ``created_at`` that sorts them in
+        the same order). ``last_started`` is :meth:`last_started_by_owner`.
         """
         from service.store.entities import RUNNING
 

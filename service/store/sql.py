@@ -39,11 +39,14 @@ from service.store.schema import events, jobs, tokens, trials, users
 
 
 class QueueEntry(NamedTuple):
-    """A job as the fair queue sees it (see :meth:`SqlJobStore.queue_snapshot`)."""
+    """A job as the fair queue sees it (see :meth:`SqlJobStore.queue_snapshot`).
+
+    For a queued job ``created_at`` is its place in creation order (an int), for a
+    running job its creation time."""
 
     id: str
     owner: str
-    created_at: datetime
+    created_at: datetime | int
     started_at: datetime | None
 
 
@@ -291,17 +294,21 @@ class SqlJobStore(JobStore):
             return [to_job(r) for r in conn.execute(query)]
 
     def queue_snapshot(self) -> tuple[list[QueueEntry], list[QueueEntry], dict[str, datetime]]:
-        # Four columns instead of whole jobs: decoding every queued job's spec made
-        # each submit cost O(queue) JSON parsing (bench B5). One read transaction,
-        # so the three answers are one consistent snapshot.
-        cols = (jobs.c.id, jobs.c.owner, jobs.c.created_at, jobs.c.started_at)
-        queued_q = sa.select(*cols).where(jobs.c.status == e.QUEUED).order_by(jobs.c.pk)
-        running_q = (sa.select(*cols).where(jobs.c.status == e.RUNNING)
-                     .order_by(jobs.c.pk.desc()))
+        # A few columns instead of whole jobs: decoding every queued job's spec made
+        # each submit cost O(queue) JSON parsing (bench B5). Queued jobs come in the
+        # order the fair queue sorts them (created_at, then insertion), and their
+        # created_at is their place in that order (0, 1, ...), which is all the fair
+        # queue uses it for, so no timestamp is decoded per queued job. One read
+        # transaction, so the three answers are one consistent snapshot.
+        queued_q = (sa.select(jobs.c.id, jobs.c.owner).where(jobs.c.status == e.QUEUED)
+                    .order_by(jobs.c.created_at, jobs.c.pk))
+        running_q = (sa.select(jobs.c.id, jobs.c.owner, jobs.c.created_at, jobs.c.started_at)
+                     .where(jobs.c.status == e.RUNNING).order_by(jobs.c.pk.desc()))
         last_q = (sa.select(jobs.c.owner, sa.func.max(jobs.c.started_at))
                   .where(jobs.c.started_at.is_not(None)).group_by(jobs.c.owner))
         with self._read() as conn:
-            queued = [QueueEntry(*r) for r in conn.execute(queued_q)]
+            queued = [QueueEntry(job_id, owner, i, None)
+                      for i, (job_id, owner) in enumerate(conn.execute(queued_q))]
             running = [QueueEntry(*r) for r in conn.execute(running_q)]
             last = {owner: started for owner, started in conn.execute(last_q)}
         return queued, running, last

@@ -217,3 +217,40 @@ def test_no_user_starves_while_another_floods(seed, total, per_user):
         # backlog (which grows by 1-3 jobs a tick: FIFO would make them wait ~2x
         # the tick they arrived at).
         assert started_at[light] - submitted <= 2 * total + 2
+
+
+def _one_at_a_time(queued, running, total, per_user, last_started=None):
+    """The fair queue's order, one pick per round (before the single-user shortcut)."""
+    from service.scheduling import _UNLIMITED, _FairQueue
+
+    fair = _FairQueue(queued, running, last_started)
+
+    def take(budget, cap):
+        picked = []
+        while budget > 0:
+            eligible = [u for u, q in fair.queues.items() if q and fair.active[u] < cap]
+            if not eligible:
+                break
+            user = min(eligible, key=fair._key)
+            picked.append(fair.queues[user].popleft())
+            fair.active[user] += 1
+            fair.picks += 1
+            fair.served[user] = (2, fair.picks)
+            budget -= 1
+        return picked
+
+    now = take(total - len(running), per_user)
+    return now, now + take(_UNLIMITED, _UNLIMITED)
+
+
+@settings(max_examples=300, deadline=None)
+@given(workloads())
+def test_single_user_runs_are_taken_in_the_same_order(workload):
+    queued, running, total, per_user = workload
+    now, order = _one_at_a_time(queued, running, total, per_user)
+    positions = queue_positions(queued, running, max_running_total=total,
+                                max_running_per_user=per_user)
+    assert positions == {j.id: i for i, j in enumerate(order, start=1)}
+    started = pick_jobs_to_start(queued, running, max_running_total=total,
+                                 max_running_per_user=per_user)
+    assert ids(started) == ids(now)

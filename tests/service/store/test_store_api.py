@@ -164,9 +164,10 @@ class TestJobs:
         c = make_job(store, owner="alice")
         assert store.transition(b.id, from_statuses={"queued"}, to="running")
         queued, running, last = store.queue_snapshot()
-        assert [(q.id, q.owner, q.created_at, q.started_at) for q in queued] == \
-            [(j.id, j.owner, j.created_at, j.started_at) for j in store.queued_jobs()]
+        assert [(q.id, q.owner) for q in queued] == \
+            [(j.id, j.owner) for j in store.queued_jobs()]
         assert [q.id for q in queued] == [a.id, c.id]
+        assert sorted(queued, key=lambda q: q.created_at) == queued  # sorts as it came
         assert [(r.id, r.started_at) for r in running] == \
             [(b.id, store.get_job(b.id).started_at)]
         assert last == store.last_started_by_owner()
