@@ -6,7 +6,11 @@ no supervisor, over a SQLite job store seeded through the JobStore API with
 10,000 finished trials (10 jobs × 1,000, the service's per-job limit; each trial
 with a full config, ~20 metrics and its start/finish events). Two background
 processes train a digits MLP in a loop the whole time, so the API competes for
-the 2 cores as it does on the embedded single machine.
+the 2 cores as it does on the embedded single machine. They run at the niceness
+the embedded service gives its trials (its local Ray head starts under ``nice``,
+REGTUNE_RAY_NICE, default 10, and every trial inherits it); the same phases run
+again on a second server over a copy of the store with the trainers at nice 0
+(the API's own priority), side by side, and once with REGTUNE_AUTH=required.
 
 The load: httpx clients in 8 threads (8 requests in flight), one endpoint at a
 time, each phase bounded by a request count and a time limit; latency is timed
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -81,64 +86,20 @@ def _recording_launcher() -> Any:
     return RecordingLauncher()
 
 
-def apply_proposed_changes() -> None:
-    """The two changes B5 proposes, as monkeypatches of the server process.
-
-    1. ``JobService.best``: a job in a terminal state answers with the answer its
-       driver stored when it finished (``job.best``, computed by the same
-       ``select()`` over the same trials), instead of loading every trial again.
-    2. ``POST /v1/jobs`` answers without computing the new job's queue position
-       (``queue_position`` null in that one response; ``GET /v1/jobs/{id}`` still
-       computes it). Computing it decodes every queued job, on every submit.
-    """
-    import dataclasses
-
-    from service.jobs import JobService
-    from service.store.entities import Job
-
-    original_best = JobService.best
-    original_submit = JobService.submit
-    original_view = JobService.view
-
-    def best(self: Any, job: Any) -> Any:
-        if job.terminal and job.best is not None:
-            return job.best
-        return original_best(self, job)
-
-    class Submitted(Job):
-        """A job as submit() returns it, so that view() can tell."""
-
-    def submit(self: Any, *args: Any, **kwargs: Any) -> Any:
-        job, created = original_submit(self, *args, **kwargs)
-        fields = {f.name: getattr(job, f.name) for f in dataclasses.fields(job)}
-        return Submitted(**fields), created
-
-    def view(self: Any, job: Any, positions: Any = None) -> Any:
-        if isinstance(job, Submitted) and positions is None:
-            positions = {}  # no position computed for the submit response
-        return original_view(self, job, positions)
-
-    JobService.best = best
-    JobService.submit = submit
-    JobService.view = view
-
-
 def serve_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.b5_api_load serve")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--patched", action="store_true",
-                        help="apply the changes B5 proposes (see apply_proposed_changes)")
+    parser.add_argument("--auth-required", action="store_true",
+                        help="REGTUNE_AUTH=required (every /v1 call needs a bearer token)")
     args = parser.parse_args(argv)
     import uvicorn
 
     from service.app import create_app
     from service.settings import Settings
 
-    if args.patched:
-        apply_proposed_changes()
-
-    settings = Settings(data_dir=args.data_dir, host="127.0.0.1", port=args.port)
+    settings = Settings(data_dir=args.data_dir, host="127.0.0.1", port=args.port,
+                        auth="required" if args.auth_required else "off")
     app = create_app(settings, launcher=_recording_launcher(), supervise=False)
     # log_level "info" as `regtune serve` runs it (one access-log line per request)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="info")
@@ -306,18 +267,36 @@ def _own_frames(path: Path, top: int = 6) -> list[list[Any]]:
     return [[f, 100 * n / total] for f, n in own.most_common(top)] if total else []
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 class _Server:
     """The app under uvicorn in a subprocess, on a free port."""
 
-    def __init__(self, data: Path, log_path: Path, patched: bool = False) -> None:
+    def __init__(self, data: Path, log_path: Path, auth_required: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [PY, "-m", "bench.b5_api_load", "serve", "--data-dir", str(data), "--port",
-               str(self.port)] + (["--patched"] if patched else [])
+               str(self.port)] + (["--auth-required"] if auth_required else [])
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, env=repo_env(), cwd=REPO, stdout=log,
                                             stderr=subprocess.STDOUT)
         self.log_path = log_path
+
+    def phase(self, make_request: Callable[[Any, int], Any], max_requests: int,
+              max_seconds: float) -> dict[str, Any]:
+        """:func:`load_phase` against this server, with the server's CPU time per request."""
+        before = cpu_seconds(self.process.pid)
+        result = load_phase(self.url, make_request, max_requests, max_seconds)
+        used = cpu_seconds(self.process.pid) - before
+        result["cpu_ms"] = 1e3 * used / result["requests"] if result["requests"] else 0.0
+        return result
 
     def __enter__(self) -> "_Server":
         try:
@@ -335,13 +314,31 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     return run_in_scratch("b5", _run, quick, out_dir)
 
 
+def _token_for(data: Path, name: str) -> str:
+    """A user and its bearer token in the store at ``data`` (as `regtune users add`)."""
+    from service.settings import Settings
+    from service.store import open_store
+
+    store = open_store(Settings(data_dir=data).database)
+    try:
+        return store.create_user(name)[1]
+    finally:
+        store.close()
+
+
 def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
+    from service.settings import Settings
+
+    nice = Settings.model_fields["ray_nice"].default  # what the embedded head gives trials
     n_jobs, per_job = (2, 500) if quick else (10, 1000)
     max_requests = 600 if quick else 6000
     phase_s = 2.0 if quick else 8.0
     data = scratch / "svc"
     seeded = seed_store(data, n_jobs, per_job)
-    shutil.copytree(data, scratch / "svc-patched")  # the same store for the second server
+    # The same store for the side-by-side servers (submit grows the queue).
+    shutil.copytree(data, scratch / "svc-nice0")
+    if not quick:
+        shutil.copytree(data, scratch / "svc-auth")
     job_ids = seeded["job_ids"]
     spec_body = json.dumps(SPEC).encode()
 
@@ -355,53 +352,71 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         return client.post("/v1/jobs", content=spec_body,
                            headers={"Content-Type": "application/json"})
 
+    endpoints = (("status", status), ("best", best), ("submit", submit))
+
+    def limit(name: str) -> int:
+        return max_requests // 2 if name == "submit" else max_requests
+
     phases: dict[str, dict[str, Any]] = {}
+    judged: list[str] = []
     with _Server(data, scratch / "server.log") as server:
         url = server.url
         load_phase(url, status, 200, 3.0)  # warm-up: connections, first queries
-        phases["status, no background training (reference)"] = load_phase(
-            url, status, max_requests, phase_s / 2)
-        with busy_trainers(2):
+        phases["status, no background training (reference)"] = server.phase(
+            status, max_requests, phase_s / 2)
+        with busy_trainers(2, nice=nice):
             time.sleep(1.0)
-            phases["status"] = load_phase(url, status, max_requests, phase_s)
-            phases["best"] = load_phase(url, best, max_requests, phase_s)
-            phases["submit"] = load_phase(url, submit, max_requests // 2, phase_s)
+            for name, fn in endpoints:
+                label = f"{name}, trainers at nice {nice} (as the embedded head runs trials)"
+                phases[label] = server.phase(fn, limit(name), phase_s)
+                judged.append(label)
             if not quick:
-                for name, fn in (("status", status), ("best", best), ("submit", submit)):
+                for name, fn in endpoints:
                     spy = _profile(server.process.pid, 5, scratch / f"server-{name}.pyspy")
                     time.sleep(0.5)
                     load_phase(url, fn, 100_000, 5.0)
                     spy.wait(timeout=60)
+    with _Server(scratch / "svc-nice0", scratch / "server-nice0.log") as server:
+        load_phase(server.url, status, 200, 3.0)
+        with busy_trainers(2, nice=0):
+            time.sleep(1.0)
+            for name, fn in endpoints:
+                phases[f"{name}, trainers at nice 0 (same priority as the API)"] = \
+                    server.phase(fn, limit(name), phase_s)
     if not quick:
-        with _Server(data, scratch / "server-nice.log") as server:
-            load_phase(server.url, status, 200, 3.0)
-            with busy_trainers(2, nice=10):
-                time.sleep(1.0)
-                phases["status, background trainers at nice 10 (proposed change 3)"] = \
-                    load_phase(server.url, status, max_requests, phase_s)
-        with _Server(scratch / "svc-patched", scratch / "server-patched.log",
-                     patched=True) as server:
-            load_phase(server.url, status, 200, 3.0)
-            with busy_trainers(2):
-                time.sleep(1.0)
-                phases["best, with proposed change 1"] = load_phase(
-                    server.url, best, max_requests, phase_s)
-                phases["submit, with proposed change 2"] = load_phase(
-                    server.url, submit, max_requests // 2, phase_s)
+        token = _token_for(scratch / "svc-auth", "bench")
+        headers = {"Authorization": f"Bearer {token}"}
 
-    rows, met = [], True
-    for name, p in phases.items():
-        rows.append([name, p["requests"], p["ok"], p["wall"], p["rps"], p["p50"], p["p90"],
-                     p["p99"], p["max"]])
-        if name in ("status", "best", "submit"):
-            met = met and p["p99"] < GOAL_P99_MS and p["ok"] == p["requests"]
-    met = met and phases["status"]["rps"] >= GOAL_STATUS_RPS
+        def status_auth(client: Any, i: int) -> Any:
+            return client.get(f"/v1/jobs/{job_ids[i % len(job_ids)]}", headers=headers)
+
+        with _Server(scratch / "svc-auth", scratch / "server-auth.log",
+                     auth_required=True) as server:
+            load_phase(server.url, status_auth, 200, 3.0)
+            with busy_trainers(2, nice=nice):
+                time.sleep(1.0)
+                phases[f"status, REGTUNE_AUTH=required (token looked up per request), "
+                       f"trainers at nice {nice}"] = server.phase(
+                    status_auth, max_requests, phase_s)
+
+    def meets(labels: list[str]) -> bool:
+        ok = all(phases[x]["p99"] < GOAL_P99_MS and phases[x]["ok"] == phases[x]["requests"]
+                 for x in labels)
+        return ok and phases[labels[0]]["rps"] >= GOAL_STATUS_RPS
+
+    rows = [[name, p["requests"], p["ok"], p["wall"], p["rps"], p["p50"], p["p90"], p["p99"],
+             p["max"], p["cpu_ms"]] for name, p in phases.items()]
+    met = meets(judged)
+    met_nice0 = meets([f"{name}, trainers at nice 0 (same priority as the API)"
+                       for name, _ in endpoints])
     tables = [{"caption": f"{seeded['trials']:,} trials in the store ({n_jobs} jobs × "
                           f"{per_job}), 2 background processes training (except the reference "
                           f"row), {CONCURRENCY} requests in flight (threads with keep-alive "
-                          "httpx clients); latency in ms, measured by the client",
+                          "httpx clients); latency in ms, measured by the client. Each "
+                          "group of rows is its own server over its own copy of the seeded "
+                          "store",
                "columns": ["endpoint", "requests", "2xx", "wall (s)", "requests/s", "p50",
-                           "p90", "p99", "max"],
+                           "p90", "p99", "max", "server CPU per request (ms)"],
                "rows": rows}]
     if not quick:
         for label, path in (("GET /v1/jobs/{id}", scratch / "server-status.pyspy"),
@@ -427,23 +442,28 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         "spec as JSON (each creates a queued job and its event; no supervisor runs, so the "
         "queue only grows during the submit phase).",
         "The load generator runs in the benchmark's own process on the same 2 cores, and "
-        "uvicorn logs every request at level info as `regtune serve` does.",
+        "uvicorn logs every request at level info as `regtune serve` does. 'server CPU per "
+        "request' is the server process's user+system CPU time over the phase ÷ its "
+        "requests (from /proc): what a request costs the API, whatever else the machine "
+        "runs; the latencies and requests/s also depend on how much CPU the API gets.",
+        "Submit answers with the new job's queue position, computed from every queued and "
+        "running job (four columns each): its cost grows with the queue, which here grows "
+        "by every submit of the phase (nobody starts jobs).",
         f"Goal: p99 < {GOAL_P99_MS:.0f} ms on submit, status and best under training load, "
         f"≥ {GOAL_STATUS_RPS:.0f} status requests/s, every request answered 2xx.",
     ]
-    if not quick:
-        notes.append("Proposed changes, measured on a second server over a copy of the same "
-                     "store (bench/b5_api_load.py apply_proposed_changes, monkeypatched in "
-                     "that server only): 1. /best of a finished job returns the answer its "
-                     "driver stored on the job instead of loading every trial; 2. POST "
-                     "/v1/jobs answers without computing the new job's queue position (null "
-                     "in that response; GET still computes it), which decodes every queued "
-                     "job on every submit; 3. the "
-                     "training processes run at nice 10 (as a local Ray head started under "
-                     "`nice` would run its workers), the API at 0.")
+    notes.append(
+        f"Background training: the goal is judged on the rows with the trainers at nice "
+        f"{nice}, the niceness the embedded service gives its trials (its local Ray head "
+        f"starts under `nice -n {nice}`, REGTUNE_RAY_NICE, and every driver and trial "
+        "inherits it; the API runs at 0). The rows at nice 0 are the same load with the "
+        "trainers at the API's priority, as trials ran before REGTUNE_RAY_NICE, or as on a "
+        "machine where something else trains at normal priority: there the goal is "
+        f"{'met' if met_nice0 else 'not met'}. A cluster deployment (RAY_ADDRESS set) trains "
+        "on other hosts and the setting does not apply.")
     if quick:
         notes.append(f"--quick: {seeded['trials']:,} trials instead of 10,000, shorter "
-                     "phases, no profile and no proposed-change rows.")
+                     "phases, no profile and no REGTUNE_AUTH=required row.")
     return {"id": "B5", "title": f"API under load ({seeded['trials']:,} trials stored, both "
                                  "cores training)",
             "command": command_for("B5", quick), "tables": tables, "plots": [],
