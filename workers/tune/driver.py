@@ -162,6 +162,9 @@ def run(job_id: str) -> int:
     # Tune's own json/csv/TensorBoard result files: nothing reads them (the job store
     # and MLflow record every result), and writing them costs the driver ~5% of its CPU.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # ... so Tune's ResultGrid, which the driver never reads, finds no result files
+    # at the end of each round and would warn about every trial.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     import ray
 
     from search_spaces.selection import select

@@ -102,6 +102,9 @@ class MlflowWriter:
         self._open_params: dict[str, dict[str, str]] = {}  # writer thread only
         self._known: dict[str, str] | None = None  # this job's runs found in MLflow
         self._last_write = 0.0
+        #: Per unit, the highest step whose metrics MLflow has (written or given up):
+        #: what a snapshot of the driver's callbacks may call recorded.
+        self.written: dict[str, int] = {}
         self.stats = {"calls": 0, "cpu_s": 0.0, "wall_s": 0.0, "rounds": 0, "errors": 0,
                       "dropped": 0, "waits": 0}
         self.cpu_by_call: dict[str, float] = {}
@@ -274,6 +277,9 @@ class MlflowWriter:
                                        [RunTag(k, v) for k, v in tags.items()]):
                     self._call("log_batch", client.log_batch, run_id, metrics=m, params=p,
                                tags=t)
+            if metrics:
+                top = max(step for *_, step in metrics)
+                self.written[unit] = max(self.written.get(unit, 0), top)
             params.clear(), metrics.clear(), tags.clear(), held.clear()
 
         for op in ops:

@@ -94,9 +94,19 @@ class MlflowTrialCallback(Callback):
     # Tune pickles its callbacks with the experiment state (for Tuner.restore):
     # keep the URI and ids, build the client and the writer again after unpickling.
     # Units opened but not yet made are forgotten, so a restored driver opens them again.
+    #
+    # Epochs still queued are not yet in MLflow: the snapshot counts a unit as
+    # recorded only up to the epoch the writer has written, so a restored driver logs
+    # the rest again when the trial re-runs them (a finished trial was flushed at its
+    # end, see _finish).
     def __getstate__(self) -> dict[str, Any]:
+        units = self._units
+        if self._writer is not None:
+            units = _Units()
+            written = dict(self._writer.written)
+            units.epochs = {u: min(e, written.get(u, 0)) for u, e in self._units.epochs.items()}
         return {**self.__dict__, "_client": None, "_writer": None, "_opened": set(),
-                "run_ids": dict(self.run_ids)}
+                "run_ids": dict(self.run_ids), "_units": units}
 
     @property
     def client(self) -> Any:
@@ -118,6 +128,9 @@ class MlflowTrialCallback(Callback):
 
             self._writer = MlflowWriter(client, self.experiment_id, self.parent_run_id,
                                         self.job_id, self.run_ids, interval_s=self.interval_s)
+            # What is recorded now was written by an earlier writer (closed, so
+            # flushed) or restored from a snapshot (which counts only what was written).
+            self._writer.written.update(self._units.epochs)
         return self._writer
 
     def _to_open(self, unit: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -150,6 +163,10 @@ class MlflowTrialCallback(Callback):
         for unit, params, _ in member_units(self.spec, trial, trial.last_result):
             # open_params: a trial that failed before its first result gets a run too
             self.writer.terminate(unit, status, now, open_params=self._to_open(unit, params))
+        # A finished trial is never run again, even by a restored driver: its epochs
+        # must be in MLflow before the job store (the next callback) calls it finished.
+        # Once per trial; a few milliseconds.
+        self.writer.flush(timeout=30.0)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "FINISHED")

@@ -1,9 +1,9 @@
 """The Tune trainable: one trial = one ``Trainer`` stepped epoch by epoch.
 
-A trial checkpoints every ``checkpoint_interval_s`` seconds of training (the
-service setting ``REGTUNE_CHECKPOINT_INTERVAL_S``), so Ray can retry it after a
-worker dies and ``Tuner.restore`` resumes it near where it stopped. Not every
-epoch: a checkpoint costs ~15 ms of trial time per epoch, and with Tune's
+A trial checkpoints after its first and last epochs and every
+``checkpoint_interval_s`` seconds of training in between (the service setting
+``REGTUNE_CHECKPOINT_INTERVAL_S``), so Ray can retry it after a worker dies and
+``Tuner.restore`` resumes it near where it stopped. Not every epoch: a checkpoint costs ~15 ms of trial time per epoch, and with Tune's
 ``num_to_keep`` each one also forces an experiment snapshot in the driver. What
 a restarted trial re-trains since its last checkpoint is deterministic (the
 trainer restores bit-identically) and the driver's callbacks drop epochs they
@@ -29,7 +29,18 @@ from workers.tune.space import trial_params
 
 
 class CheckpointPolicy:
-    """Whether a trial saves a checkpoint after the epoch it just finished."""
+    """Whether a trial saves a checkpoint after the epoch it just finished.
+
+    Always after its first and its last epoch, whatever the interval. Not for the
+    weights: because Tune (with ``num_to_keep``) answers a trial checkpoint with an
+    experiment snapshot it *waits* for, where its other per-step snapshots are
+    copied to storage in the background and skipped while a copy is in flight. A
+    waited snapshot at the first result means a trial the job store has recorded is
+    known to a restored experiment (else it would come back as an orphan beside a
+    replacement); one at the last epoch leaves no copy in flight when the trial
+    completes, so its completion reaches storage at once and a driver killed just
+    after it does not run the trial again.
+    """
 
     def __init__(self, spec: SearchSpec, interval_s: float,
                  clock: Any = time.monotonic) -> None:
@@ -37,19 +48,16 @@ class CheckpointPolicy:
                             or spec.search.algorithm in catalog.POPULATION_ALGORITHMS)
         self.interval_s = interval_s
         self.clock = clock
-        self.last = clock()
+        self.last: float | None = None
 
     def due(self, final: bool) -> bool:
-        """After this epoch? Never after the last one: a finished trial is not resumed."""
-        if final:
-            return False
-        if self.every_epoch:
-            return True
+        """After this epoch?"""
         now = self.clock()
-        if now - self.last < self.interval_s:
-            return False
-        self.last = now
-        return True
+        if (self.last is None or final or self.every_epoch
+                or now - self.last >= self.interval_s):
+            self.last = now
+            return True
+        return False
 
 
 def placement(ray_module: Any) -> dict[str, str]:

@@ -96,3 +96,36 @@ def test_callbacks_record_runs_metrics_statuses_and_survive_a_restore(tmp_path: 
     best = store.get_job(job.id).best
     assert best["trial_id"] == "t0" and best["mlflow_run_id"] == by_trial["t0"].info.run_id
     store.close()
+
+
+def test_a_snapshot_counts_only_epochs_mlflow_has(tmp_path: Path) -> None:
+    """Epochs still queued in the writer are not recorded for a restored driver; a
+    finished trial is flushed before the job store hears it finished."""
+    from mlflow.tracking import MlflowClient
+
+    from workers.tune.reporting import MlflowTrialCallback
+    from workers.tune.tracking import ParentRun
+
+    spec = validate_spec(tiny("report-snapshot"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = ParentRun(uri, (tmp_path / "artifacts").as_uri(), "0123456789ab", spec, "o")
+    cb = MlflowTrialCallback(uri, parent.experiment_id, parent.run_id, "0123456789ab", spec,
+                             interval_s=3600.0)  # the writer lingers: epochs stay queued
+    trial = SimpleNamespace(trial_id="t0", config={"reg_lambda": 1e-3, "l1_ratio": 0.5},
+                            last_result={})
+    trial.last_result = result(1, 0.5)
+    cb.on_trial_result(0, [], trial, trial.last_result)
+    assert cb.run_id("t0") is not None  # a new run is made at once, with epoch 1
+    cb.writer.flush()
+    for epoch in (2, 3):
+        trial.last_result = result(epoch, 0.5 + 0.1 * epoch)
+        cb.on_trial_result(0, [], trial, trial.last_result)
+    restored = pickle.loads(pickle.dumps(cb))
+    assert cb._units.epochs["t0"] == 3
+    assert restored._units.epochs["t0"] == 1  # 2 and 3 were only queued
+
+    cb.on_trial_complete(0, [], trial)  # flushes: nothing of the trial left queued
+    history = MlflowClient(uri).get_metric_history(cb.run_ids["t0"], "val_accuracy")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert pickle.loads(pickle.dumps(cb))._units.epochs["t0"] == 3
+    assert cb.close()

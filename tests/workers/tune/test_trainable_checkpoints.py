@@ -36,18 +36,19 @@ def policy(interval_s: float, **search: object) -> tuple[CheckpointPolicy, Clock
 def test_an_interval_spaces_checkpoints_by_training_time() -> None:
     p, clock = policy(10.0, scheduler="asha")
     due = []
-    for _ in range(8):
+    for epoch in range(1, 10):
         clock.now += 3.0
-        due.append(p.due(final=False))
-    # 3 s epochs, 10 s interval: at 12 s and at 24 s of training.
-    assert due == [False, False, False, True, False, False, False, True]
+        due.append(p.due(final=epoch == 9))
+    # 3 s epochs, 10 s interval: the first epoch, then 12 s after it, and the last.
+    assert due == [True, False, False, False, True, False, False, False, True]
 
 
-def test_the_last_epoch_never_checkpoints() -> None:
-    p, clock = policy(0.0)
+def test_the_first_and_last_epochs_always_checkpoint() -> None:
+    p, clock = policy(3600.0)
+    assert p.due(final=False) is True  # first
     clock.now += 60.0
-    assert p.due(final=True) is False
-    assert p.due(final=False) is True
+    assert p.due(final=False) is False
+    assert p.due(final=True) is True
 
 
 @pytest.mark.parametrize("search", [{"scheduler": "hyperband"}, {"algorithm": "pbt"},
@@ -56,6 +57,7 @@ def test_pausing_and_copying_searches_checkpoint_every_epoch(search: dict) -> No
     p, _ = policy(10.0, **search)  # the clock never moves: only every_epoch says yes
     every = search.get("scheduler") == "hyperband" or "algorithm" in search
     assert p.every_epoch is every
+    assert p.due(final=False) is True  # the first epoch, always
     assert p.due(final=False) is every
 
 
