@@ -66,8 +66,17 @@ def mlflow_link(ui: str, job: dict) -> str:
     return ui
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_embedded(settings: Settings, spec: Path, mlflow_port: int, exit_when_done: bool) -> int:
     import uvicorn
+
+    # SIGTERM (a service manager, `timeout`, `kill`) stops everything as Ctrl-C does:
+    # by default it would end this process at once and leave the MLflow UI (its own
+    # session) and the Ray head running. uvicorn, in a thread here, cannot catch it.
+    signal.signal(signal.SIGTERM, _interrupt)
 
     from service.app import create_app, init_mlflow
 
