@@ -403,6 +403,11 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
                 notes.append(f"{label}, background writer CPU by MLflow call (ms in all, "
                              f"{len(c['epoch'])} results of {n} trials): " + ", ".join(
                                  f"{k} {1e3 * v:.1f}" for k, v in c["writer"]["by_call"].items()))
+    notes.append("'Trial waits' in the background rows is mostly on_trial_complete: it "
+                 "flushes the writer, so a finished trial's epochs are in MLflow before the "
+                 "job store calls it finished (a driver restarted after that moment never "
+                 "runs the trial again, so nothing else would write them). Per result the "
+                 "hooks only enqueue (the per-result column).")
     share_ok = all(cpu <= GOAL_SHARE for _, _, cpu in shares)
     for label, wait, cpu in shares:
         notes.append(f"{label}, background writer: trials wait {100 * wait:.2f}% of epoch "
