@@ -279,10 +279,10 @@ def writer_main(argv: list[str]) -> int:
 
 #: How the store is prepared: as the service does now, or with a proposed change.
 STORES = {
-    "init": "initialised first (as the service does)",
+    "init": "initialised first, rollback journal (MLflow's default)",
     "fresh": "fresh file, opened by all at once",
-    "wal": "initialised first + PRAGMA journal_mode=WAL (proposed)",
-    "wal_normal": "WAL + synchronous=NORMAL per connection (proposed)",
+    "wal": "initialised first + PRAGMA journal_mode=WAL (as the service does: init_mlflow)",
+    "wal_normal": "WAL + synchronous=NORMAL per connection (not applied)",
 }
 
 
@@ -491,12 +491,13 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         "Cost measured in one process. The concurrency test starts its writer processes "
         "once (MLflow imported), then runs each scenario with N of them starting at the same "
         "instant on a store of its own.",
-        "MLflow's SQLite store runs in SQLite's default rollback-journal mode with "
-        "synchronous=FULL, and each log_batch commits twice (metrics, then latest_metrics): "
-        "several fsyncs per epoch per trial. The 'wal' rows set PRAGMA journal_mode=WAL on "
-        "the file once after creating it (it persists in the file; the job store already "
-        "runs in WAL); 'wal_normal' also sets synchronous=NORMAL on each connection (a "
-        "SQLAlchemy connect listener), as the job store does.",
+        "MLflow's SQLite store, left to itself, runs in SQLite's default rollback-journal "
+        "mode with synchronous=FULL, and each log_batch commits twice (metrics, then "
+        "latest_metrics): several fsyncs per epoch per trial. The 'wal' rows set PRAGMA "
+        "journal_mode=WAL on the file once after creating it (it persists in the file), "
+        "which is what the service's init_mlflow does at start; 'wal_normal' also sets "
+        "synchronous=NORMAL on each connection (a SQLAlchemy connect listener), as the job "
+        "store does, which the service does not apply to MLflow's store.",
         "The store's per-result cost (upsert_trial + add_event, and update_job when the "
         "best changes) stays in the driver thread: the API serves it live. Each call is "
         "its own BEGIN IMMEDIATE transaction and commit; one store method writing the "
