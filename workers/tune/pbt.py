@@ -9,6 +9,7 @@ discover *when* regularization should start.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from search_spaces import Choices, Range, SearchSpec
@@ -32,13 +33,28 @@ def param_space(spec: SearchSpec) -> dict[str, Any]:
     return space
 
 
+def within_space(spec: SearchSpec, config: dict[str, Any]) -> dict[str, Any]:
+    """A perturbed config brought back into the spec's ranges.
+
+    PBT's explore step multiplies a continuous value by 0.8 or 1.2 without looking
+    at its domain, so l1_ratio = 0.91 can become 1.09: a value the trial refuses
+    (and the user never allowed). Clip to [low, high]; int parameters stay ints.
+    """
+    for name, param in spec.searched().items():
+        if isinstance(param, Range) and isinstance(config.get(name), (int, float)):
+            value = min(max(config[name], param.low), param.high)
+            config[name] = int(round(value)) if param.type == "int" else float(value)
+    return config
+
+
 def pbt_scheduler(spec: SearchSpec) -> Any:
     from ray.tune.schedulers import PopulationBasedTraining
 
     return PopulationBasedTraining(
         time_attr=TIME_ATTR, perturbation_interval=spec.search.perturbation_interval,
         hyperparam_mutations={name: tune_domain(p) for name, p in spec.searched().items()},
-        quantile_fraction=0.25, resample_probability=0.25, **_target(spec))
+        quantile_fraction=0.25, resample_probability=0.25,
+        custom_explore_fn=partial(within_space, spec), **_target(spec))
 
 
 def pb2_scheduler(spec: SearchSpec) -> Any:
