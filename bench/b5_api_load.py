@@ -446,10 +446,13 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         "request' is the server process's user+system CPU time over the phase ÷ its "
         "requests (from /proc): what a request costs the API, whatever else the machine "
         "runs; the latencies and requests/s also depend on how much CPU the API gets.",
-        "Submit answers with the new job's queue position, computed from every queued job "
-        "(id and owner, in order) and every running one: its cost grows with the queue "
-        "(about 2.6 ms at 1,000 queued jobs, measured outside this run), and here the queue "
-        "grows by every submit of the phase, since nobody starts jobs.",
+        "Submit answers with the new job's queue position, computed from per-user counts "
+        "(SqlJobStore.queue_counts: aggregate queries over covering indexes, then a closed "
+        "form in the number of users), no longer from every queued job; the aggregates "
+        "still scan the queued rows' index entries, and here the queue grows by every "
+        "submit of the phase (to about 2,000 jobs), since nobody starts jobs. Writes of the "
+        "API process queue on one lock (SQLite has one writer), so submits no longer sleep "
+        "in SQLite's busy handler.",
         f"Goal: p99 < {GOAL_P99_MS:.0f} ms on submit, status and best under training load, "
         f"≥ {GOAL_STATUS_RPS:.0f} status requests/s, every request answered 2xx.",
     ]

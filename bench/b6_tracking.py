@@ -123,7 +123,7 @@ def measure_cost(workload: dict[str, Any], n_trials: int, scratch: Path, mode: s
                                     spec)
     store_cb = StoreTrialCallback(db, job.id, spec, mlflow_cb)
     clock = _Clock()
-    for name in ("upsert_trial", "add_event", "update_job"):  # the store's share, split
+    for name in ("record", "update_job"):  # the store's share, split
         clock.wrap(store_cb.store, name, f"store.{name}")
     writer = mlflow_cb.writer  # started before the first trial, as at a round's first result
     sync = mode == "sync"
@@ -200,7 +200,7 @@ def _cost_row(label: str, mode: str, c: dict[str, Any]) -> tuple[list[Any], floa
     ok = runs == finished == linked == c["trials"] and steps == n and not w["dropped"]
     split = " / ".join(f"{1e3 * statistics.mean(wall[f'store.{k}']):.2f}"
                        if wall.get(f"store.{k}") else "—"
-                       for k in ("upsert_trial", "add_event", "update_job"))
+                       for k in ("record", "update_job"))
     row = [label, MODES[mode], n, 1e3 * epoch_total / len(c["epoch"]),
            1e3 * statistics.mean(wall["mlflow.result"]),
            1e3 * percentile(wall["mlflow.result"], 95), 1e3 * round_end,
@@ -271,7 +271,7 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
                      "driver waits at round end (ms)", "trial waits % of epoch time",
                      "writer CPU per result (ms)", "MLflow calls per result",
                      "MLflow CPU % of epoch time", "store per result (ms)",
-                     "store: upsert_trial / add_event / update_job (ms per call)",
+                     "store: record / update_job (ms per call)",
                      "store share %", "check"],
          "rows": cost_rows},
         {"caption": "N processes logging to one SQLite MLflow store at once (create_run + 13 "
@@ -325,11 +325,10 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         "which is what the service's init_mlflow does at start; 'wal_normal' also sets "
         "synchronous=NORMAL on each connection (a SQLAlchemy connect listener), as the job "
         "store does, which the service does not apply to MLflow's store.",
-        "The store's per-result cost (upsert_trial + add_event, and update_job when the "
-        "best changes) stays in the driver thread: the API serves it live. Each call is "
-        "its own BEGIN IMMEDIATE transaction and commit; one store method writing the "
-        "trial row, its event and the best in one transaction would save a commit per "
-        "result (service/store is not changed here).",
+        "The store's per-result cost stays in the driver thread (the API serves it live): "
+        "one store.record call per result writes the trial rows of the result (one, or "
+        "a population's K members) and their events in one BEGIN IMMEDIATE transaction, "
+        "and update_job follows when the best changes.",
     ]
     return {"id": "B6", "title": "Tracking: MLflow cost per trial and SQLite under concurrency",
             "command": command_for("B6", quick), "tables": tables, "plots": [],

@@ -6,7 +6,11 @@ A benchmark module exposes ``run(quick: bool, out_dir: Path) -> dict`` returning
     {"id": "B1", "title": str, "command": str,        # the exact command to reproduce
      "tables": [{"caption": str, "columns": [...], "rows": [[...], ...]}],
      "plots": [str],                                   # PNGs under bench/plots/
-     "notes": [str], "goal": str, "met": bool | None}
+     "notes": [str], "goal": str, "met": bool | None,
+     "met_detail": str}                                # optional: the verdict per reading
+
+``met_detail`` is for a goal judged more than one way (B2: the kernel rows and the
+end-to-end rows); the summary and the section's goal line show it beside met.
 
 ``out_dir`` is where a module writes its PNGs (``bench/plots`` by default);
 scratch data (service data dirs, databases) goes to temporary directories.
@@ -113,6 +117,8 @@ def check_result(result: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"row {row} does not match columns {table['columns']}")
     if result["met"] not in (True, False, None):
         raise ValueError("met must be True, False or None")
+    if not isinstance(result.get("met_detail", ""), str):
+        raise ValueError("met_detail must be a string")
     return result
 
 
@@ -144,6 +150,8 @@ def plot_link(path: str, base: Path = REPO) -> str:
 def render_section(result: dict[str, Any], base: Path = REPO) -> str:
     met = result["met"]
     verdict = {True: "**met**", False: "**not met**", None: "not judged"}[met]
+    if result.get("met_detail"):
+        verdict += f" ({result['met_detail']})"
     out = [f"## {result['id']}: {result['title']}", "",
            f"Command: `{result['command']}`", "",
            f"Goal: {result['goal']} — {verdict}", ""]
@@ -178,6 +186,8 @@ def render_markdown(results: Iterable[dict[str, Any]], machine: dict[str, Any], 
         out += ["## Summary", "", "| benchmark | goal | met |", "| --- | --- | --- |"]
         for r in results:
             met = {True: "yes", False: "no", None: "—"}[r["met"]]
+            if r.get("met_detail"):
+                met += f" ({_escape(r['met_detail'])})"
             out.append(f"| {r['id']} {_escape(r['title'])} | {_escape(r['goal'])} | {met} |")
         out.append("")
     for r in results:

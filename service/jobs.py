@@ -20,7 +20,7 @@ from search_spaces import SearchSpec
 from search_spaces.selection import select
 from service.auth import Principal, can_cancel
 from service.launcher import LaunchError, Launcher, submission_id
-from service.scheduling import pick_jobs_to_start, queue_positions
+from service.scheduling import pick_jobs_to_start, queue_position, queue_positions
 from service.settings import Settings
 from service.store.base import JobStore
 from service.store.entities import (ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, TERMINAL,
@@ -204,7 +204,7 @@ class JobService:
         for status, n in trial_counts.items():
             counts[status] = counts.get(status, 0) + n
         if positions is None and job.status == QUEUED:
-            positions = self.queue_positions()
+            positions = {job.id: self.queue_position(job.id)}
         return {
             "id": job.id, "name": job.name, "owner": job.owner, "status": job.status,
             "created_at": job.created_at, "started_at": job.started_at,
@@ -226,6 +226,16 @@ class JobService:
         if job.status == "succeeded" and job.best and "policy" in job.best:
             return job.best
         return select(SearchSpec.model_validate(job.spec), self.store.list_trials(job.id))
+
+    def queue_position(self, job_id: str) -> int | None:
+        """One queued job's place in line, from per-user counts (None if not queued)."""
+        counts = self.store.queue_counts(job_id)
+        if counts is None:
+            return None
+        return queue_position(counts.owner, counts.nth, counts.backlog, counts.running,
+                              max_running_total=self.limits.max_running_total,
+                              max_running_per_user=self.limits.max_running_per_user,
+                              last_started=counts.last_started)
 
     def queue_positions(self) -> dict[str, int]:
         queued, running, last_started = self.store.queue_snapshot()

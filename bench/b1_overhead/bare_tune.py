@@ -77,10 +77,13 @@ def probe_actor_start(n: int = 2) -> dict[str, float]:
 
         def imports(self) -> float:
             s = time.perf_counter()
-            import sklearn.datasets  # noqa: F401
             import torch  # noqa: F401
 
             import workers.training  # noqa: F401
+            import workers.tune.trainable  # noqa: F401
+            from workers.training.tasks import load_task
+
+            load_task("digits").load({}, None)  # the data, as a trial loads it
             return time.perf_counter() - s
 
     starts, imports = [], []
@@ -118,23 +121,21 @@ def _agent_off_default_port() -> None:
     parameter.RayParams.__init__ = init
 
 
-def bare_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.b1_overhead bare")
-    parser.add_argument("--spec", type=Path, required=True)
-    parser.add_argument("--variants", required=True)
-    parser.add_argument("--scratch", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--probe", action="store_true")
-    args = parser.parse_args(argv)
-    spec_json = json.loads(args.spec.read_text())
+def start_local_ray(scratch: Path, stores: bool = True) -> float:
+    """This process as a driver host: a fresh local Ray with SLOTS CPUs; returns init seconds.
+
+    The stores the in-process driver uses are named in the environment (it reads
+    them there, as the real driver does): the job store, MLflow (SQLite) and Tune's
+    results under ``scratch/driver-data``. With ``stores`` MLflow's tables are
+    created first, as the service does when it starts (``init_mlflow``), not per job.
+    Ray's dashboard agent goes to a free port (see ``_agent_off_default_port``).
+    """
     import logging
 
-    # The driver variants read their stores from the environment, as the real driver does.
-    data = args.scratch / "driver-data"
+    data = scratch / "driver-data"
     os.environ.update({"REGTUNE_DATA_DIR": str(data),
                        "REGTUNE_STORAGE_PATH": str(data / "ray_results")})
-    if any(v.startswith("driver") for v in args.variants.split(",")):
-        # The service creates MLflow's tables when it starts (init_mlflow), not per job.
+    if stores:
         from service.app import init_mlflow
         from service.settings import get_settings
 
@@ -145,8 +146,22 @@ def bare_main(argv: list[str]) -> int:
     logging.getLogger("ray").setLevel(logging.WARNING)
     s = time.perf_counter()
     ray.init(address="local", num_cpus=SLOTS, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(args.scratch / "ray"))
-    out: dict[str, Any] = {"ray_init_s": time.perf_counter() - s, "runs": []}
+             _temp_dir=str(scratch / "ray"))
+    return time.perf_counter() - s
+
+
+def bare_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.b1_overhead bare")
+    parser.add_argument("--spec", type=Path, required=True)
+    parser.add_argument("--variants", required=True)
+    parser.add_argument("--scratch", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--probe", action="store_true")
+    args = parser.parse_args(argv)
+    spec_json = json.loads(args.spec.read_text())
+    ray_init_s = start_local_ray(args.scratch, stores=any(
+        v.startswith("driver") for v in args.variants.split(",")))
+    out: dict[str, Any] = {"ray_init_s": ray_init_s, "runs": []}
     for name in args.variants.split(","):
         time.sleep(1.0)  # let the previous run's actors exit
         if name.startswith("driver") and not _TIMED[0]:
@@ -157,6 +172,8 @@ def bare_main(argv: list[str]) -> int:
     if args.probe:
         out["probe"] = probe_actor_start()
     args.out.write_text(json.dumps(out))
+    import ray
+
     ray.shutdown()
     return 0
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 
@@ -99,9 +99,13 @@ def run_driver(name: str, spec_json: dict[str, Any], force_reuse: bool | None
     final = store.get_job(job.id)
     trials = store.list_trials(job.id)
     store.close()
-    return {"mode": name, "start": t0, "end": t1, "wall": t1 - t0, "trials": len(trials),
+    return {"mode": name, "job_id": job.id, "start": t0, "end": t1, "wall": t1 - t0,
+            "trials": len(trials),
+            "statuses": dict(Counter(t.status for t in trials)),
             "errors": sum(1 for t in trials if t.status == "failed") + (code != 0),
             "status": final.status if final else None,
+            "mlflow_experiment_id": final.mlflow_experiment_id if final else None,
+            "mlflow_parent_run_id": final.mlflow_parent_run_id if final else None,
             "reuse_actors": force_reuse if force_reuse is not None else
             (_SEEN_REUSE[0] if _SEEN_REUSE else None),
             "timings": {k: list(v) for k, v in _TIMINGS.items()}}

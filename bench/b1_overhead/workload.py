@@ -59,8 +59,7 @@ def _pool_init() -> None:
     import torch
 
     torch.set_num_threads(1)
-    import sklearn.datasets  # noqa: F401 - warm, like a reused worker
-    import workers.training  # noqa: F401
+    import workers.training  # noqa: F401 - warm, like a reused worker
 
 
 def _pool_trial(spec_json: dict[str, Any], lam: float) -> dict[str, Any]:

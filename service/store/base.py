@@ -20,7 +20,8 @@ API process and the Ray driver process write the same job at the same time:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -59,6 +60,23 @@ TRIAL_FIELDS: frozenset[str] = frozenset({
     "status", "config", "metrics", "iteration", "objective", "mlflow_run_id", "node",
     "gpu_ids",
 })
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """One queued job's place in its owner's queue, and the queue as per-user counts.
+
+    ``nth`` is 1 for the owner's oldest queued job; ``backlog`` maps every user with
+    queued jobs to how many, in the order of each user's oldest one; ``running`` holds
+    objects with ``owner`` and ``started_at``; ``last_started`` is
+    :meth:`JobStore.last_started_by_owner`.
+    """
+
+    owner: str
+    nth: int
+    backlog: dict[str, int]
+    running: list[Any]
+    last_started: dict[str, datetime]
 
 
 class JobStore(ABC):
@@ -177,6 +195,24 @@ class JobStore(ABC):
         return (self.queued_jobs(), self.list_jobs(status=RUNNING, limit=None),
                 self.last_started_by_owner())
 
+    def queue_counts(self, job_id: str) -> QueueCounts | None:
+        """What the fair queue needs to place one queued job, or None if it is not queued.
+
+        Counts instead of jobs (:func:`service.scheduling.queue_position`), so that a
+        submit's answer does not read the whole queue. This default derives them from
+        :meth:`queue_snapshot`; implementations answer with aggregate queries.
+        """
+        queued, running, last_started = self.queue_snapshot()
+        backlog: dict[str, int] = {}
+        owner, nth = None, 0
+        for job in sorted(queued, key=lambda j: j.created_at):
+            backlog[job.owner] = backlog.get(job.owner, 0) + 1
+            if job.id == job_id:
+                owner, nth = job.owner, backlog[job.owner]
+        if owner is None:
+            return None
+        return QueueCounts(owner, nth, backlog, list(running), last_started)
+
     def last_started_by_owner(self) -> dict[str, datetime]:
         """Each owner's latest ``started_at``, finished jobs included.
 
@@ -200,6 +236,23 @@ class JobStore(ABC):
         Fields not given keep their value. Raises :class:`NotFound` for an
         unknown job and ``TypeError`` for an unknown field.
         """
+
+    def record(self, job_id: str, trials: Sequence[tuple[str, dict[str, Any]]] = (),
+               events: Sequence[tuple[str, dict[str, Any]]] = (),
+               best: dict[str, Any] | None = None) -> list[Trial]:
+        """Several :meth:`upsert_trial` calls, then :meth:`add_event` calls in order, then
+        the job's ``best``; returns the trials as stored.
+
+        The driver records a result this way: a population's result is one upsert and
+        one event per member. Implementations do it in one transaction (all or nothing,
+        one commit); this default makes the calls one by one.
+        """
+        out = [self.upsert_trial(job_id, trial_id, **fields) for trial_id, fields in trials]
+        for kind, payload in events:
+            self.add_event(job_id, kind, payload)
+        if best is not None:
+            self.update_job(job_id, best=best)
+        return out
 
     @abstractmethod
     def get_trial(self, job_id: str, trial_id: str) -> Trial | None:

@@ -109,6 +109,9 @@ jobs = sa.Table(
     sa.UniqueConstraint("owner", "idempotency_key"),
     sa.Index(None, "status", "pk"),
     sa.Index(None, "owner", "pk"),
+    # The queue's per-user aggregates (queue_counts, every submit), from the index alone.
+    sa.Index(None, "status", "owner", "created_at", "pk"),
+    sa.Index(None, "owner", "started_at"),
 )
 
 trials = sa.Table(

@@ -154,3 +154,59 @@ def test_missing_module_is_skipped_with_a_note(tmp_path: Path, monkeypatch) -> N
     assert harness.main(["--only", "B2", "--output", str(output)]) == 0
     text = output.read_text()
     assert "skipped" in text and "bench.no_such_benchmark_module" in text
+
+
+def test_a_verdict_per_reading_is_shown_beside_met() -> None:
+    detail = "kernel: no (6.9× at K=64); end to end through the Tune driver: yes (12.0× at K=64)"
+    result = check_result(_result(met_detail=detail))
+    assert f"Goal: η ≥ 0.9 — **not met** ({detail})" in render_section(result)
+    doc = render_markdown([result], {"date": "today"}, "python -m bench")
+    assert f"| B9 a fake benchmark | η ≥ 0.9 | no ({detail}) |" in doc
+    with pytest.raises(ValueError):
+        check_result(_result(met_detail=True))
+
+
+def _e2e_run(mode: str, n: int, k: int, wall: float, completed: int | None = None) -> dict:
+    done = n if completed is None else completed
+    return {"mode": mode, "planned": n, "population": k, "epochs": 10, "wall": wall,
+            "status": "succeeded", "completed": done, "tune_trials": n // k,
+            "child_runs": done, "child_runs_finished": done, "runs_match_trials": True,
+            "phases": {"to_first_result": 2.0, "training": wall - 3.0, "after_last_trial": 1.0},
+            "timings": {"store.on_trial_result": [0.5], "mlflow.on_trial_complete": [0.25],
+                        "figures.log_job_figures": [1.0]}}
+
+
+def test_b2_end_to_end_specs_rows_and_verdict() -> None:
+    from bench import b2_end_to_end as e2e
+    from search_spaces import SearchSpec
+
+    for quick in (True, False):
+        specs = dict(e2e.plan(quick))
+        per, pop = (SearchSpec.model_validate(specs[m]) for m in ("per_trial", "population"))
+        assert per.search.population == 1 and pop.search.population > 1
+        assert per.planned_trials() == pop.planned_trials()  # the same N in both modes
+        assert pop.planned_populations() == e2e.SLOTS  # one population per CPU
+        assert per.scheduler == pop.scheduler == "none"
+        assert {"reg_lambda", "l1_ratio", "reg_start_step", "lr", "loss",
+                "focal_gamma"} <= set(pop.searched())
+    raw = {"ray_init_s": 3.0, "total_s": 60.0,
+           "runs": [_e2e_run("warmup", 2, 1, 5.0), _e2e_run("population", 128, 64, 10.0),
+                    _e2e_run("per_trial", 128, 1, 40.0)]}
+    rows = e2e.rows(raw)
+    assert list(rows) == ["per_trial", "population"]
+    assert rows["population"]["speedup"] == pytest.approx(4.0)
+    table = e2e.table(rows)
+    check_result(_result(tables=[table]))
+    assert [r[-1] for r in table["rows"]] == ["ok", "ok"]
+    assert e2e.verdict(rows, 10.0) == (False, "end to end through the Tune driver: no "
+                                              "(4.0× at K=64)")
+    assert e2e.verdict(rows, 3.0)[0]
+    kernel = {"unbatched": {"wall_s": 1.0, "trials": 24, "speedup_wall": 1.0},
+              "K=64": {"wall_s": 1.0, "trials": 128, "speedup_wall": 6.9}}
+    text = " ".join(e2e.notes(raw, rows, 10.0, kernel))
+    assert "4.0×" in text and "6.9×" in text and "B1 measures" in text
+    assert "2.0 s to the first result" in text and "37.0 s from there" in text
+    # A member missing from the job store fails the check and the verdict.
+    raw["runs"][1] = _e2e_run("population", 128, 64, 10.0, completed=127)
+    short = e2e.rows(raw)
+    assert not short["population"]["ok"] and not e2e.verdict(short, 3.0)[0]

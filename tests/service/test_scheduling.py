@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.scheduling import pick_jobs_to_start, queue_positions
+from service.scheduling import pick_jobs_to_start, queue_position, queue_positions
 from service.store.entities import Job
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -254,3 +254,37 @@ def test_single_user_runs_are_taken_in_the_same_order(workload):
     started = pick_jobs_to_start(queued, running, max_running_total=total,
                                  max_running_per_user=per_user)
     assert ids(started) == ids(now)
+
+
+@st.composite
+def served_workloads(draw):
+    """Like ``workloads``, with start times on running jobs and a last-started memory."""
+    queued, running, total, per_user = draw(workloads())
+    running = [job(j.id, j.owner, -1, "running", started=draw(st.integers(-9, -1)))
+               for j in running]
+    last = draw(st.dictionaries(st.sampled_from(USERS), st.integers(-12, -1)))
+    return queued, running, total, per_user, {u: at(t) for u, t in last.items()}
+
+
+@settings(max_examples=500, deadline=None)
+@given(served_workloads())
+def test_queue_position_from_counts_matches_the_fair_order(workload):
+    """The closed form a submit uses gives every queued job the place the full order does."""
+    queued, running, total, per_user, last = workload
+    positions = queue_positions(queued, running, max_running_total=total,
+                                max_running_per_user=per_user, last_started=last)
+    backlog: dict[str, int] = {}
+    nth: dict[str, int] = {}
+    for j in sorted(queued, key=lambda j: j.created_at):  # stable, like the store's order
+        backlog[j.owner] = backlog.get(j.owner, 0) + 1
+        nth[j.id] = backlog[j.owner]
+    for j in queued:
+        assert queue_position(j.owner, nth[j.id], backlog, running, max_running_total=total,
+                              max_running_per_user=per_user, last_started=last) \
+            == positions[j.id], j.id
+
+
+def test_queue_position_refuses_a_job_that_is_not_queued():
+    with pytest.raises(ValueError, match="alice has 1 queued jobs, not 2"):
+        queue_position("alice", 2, {"alice": 1}, [], max_running_total=1,
+                       max_running_per_user=1)

@@ -63,7 +63,6 @@ def expected_calibration_error(probs: Tensor, target: Tensor, n_bins: int = ECE_
     # ceil(c·n) − 1 puts c in (b/n, (b+1)/n]; c = 0 cannot occur for a max of a
     # softmax over K ≥ 1 classes, but is clamped into the first bin regardless.
     bins = (torch.ceil(confidence * n_bins) - 1).clamp(0, n_bins - 1).long()
-    count = torch.bincount(bins, minlength=n_bins).double()
     conf_sum = torch.bincount(bins, weights=confidence, minlength=n_bins)
     acc_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
     return float((conf_sum - acc_sum).abs().sum() / max(1, confidence.numel()))

@@ -9,39 +9,18 @@ members' stacked first-layer weights, grouped ``baddbmm`` products after it),
 so one step costs a handful of operators whatever K is.
 
 Equivalence with the unbatched trainer is the contract, member by member — to
-float32 rounding, not bit for bit (the grouped products round differently in
-the last bit; docs/training.md gives the measured tolerance):
+float32 rounding, not bit for bit (grouped products round differently in the
+last bit): the same initial weights and data order as ``Trainer(setups[i])``,
+each member's own loss, penalty, schedule, ``lr`` and ``momentum`` as (K, 1)
+tensors, an objective that is the *sum* of the members' objectives (so member
+i's gradient is its own), SGD and Adam re-implemented with ``torch.optim``'s
+single-tensor operations (``population_ops``), one shared dropout mask, and the
+metrics of ``Trainer.train_epoch()``. docs/training.md ("Populations") spells
+out each point and the measured tolerance.
 
-* **Initialisation**: the model is built exactly as ``Trainer(setups[i])``
-  builds it (``torch.manual_seed(seed)``, then the model factory) — members
-  share seed and architecture, so that is every member's initialisation — and
-  its parameters are stacked K times. The data order comes from the same seeded
-  generator.
-* **Per-member hyperparameters**: ``loss``, ``reg_lambda``, ``l1_ratio``,
-  ``focal_gamma``, ``focal_alpha``, ``huber_delta``, ``smooth_l1_weight``,
-  ``reg_start_step``, ``reg_ramp_steps``, ``lr`` and ``momentum`` may all differ.
-  The per-sample losses, the 000 blend and the penalty are evaluated for every
-  member with its own values (tensors of shape ``(K, 1)``), each member's batch
-  mean is taken separately, and the objective is the *sum* of the members'
-  objectives, whose gradient with respect to member i's parameters is exactly
-  member i's own gradient.
-* **Optimizers**: SGD with momentum and Adam, re-implemented on the stacked
-  tensors with the same floating-point operations as ``torch.optim``'s
-  single-tensor code paths (the ones used on the CPU), each member with its own
-  ``lr`` (and ``momentum``).
-* **Dropout**: all members of a population share the seed, hence the RNG state,
-  so one mask per layer and step is drawn exactly as ``nn.Dropout`` would draw it
-  in the unbatched run and applied to every member.
-* **Metrics**: the formulas of ``Trainer.evaluate`` and metrics.py, vectorized
-  over members, so the dictionaries have exactly the keys and meaning of
-  ``Trainer.train_epoch()``.
-
-Members must share everything that fixes the computation's *shape* or the data
-order: task and its options, model and architecture, dropout, optimizer,
-batch size, epochs, seed and data root. :func:`group_compatible` splits a list
-of setups into populations; :class:`PopulationTrainer` refuses a mixed list. The
-CNN is refused (grouped convolutions are possible but not implemented), and so
-is a loss without a batched form here (every built-in loss has one).
+Members must share what fixes the computation's *shape* or the data order
+(:func:`group_compatible` groups setups; :class:`PopulationTrainer` refuses a
+mixed list, the CNN, and a loss without a batched form).
 
 Stopping a member (:meth:`PopulationTrainer.stop`) removes its rows from every
 stacked tensor, so it costs nothing afterwards.
@@ -49,7 +28,6 @@ stacked tensor, so it costs nothing afterwards.
 
 from __future__ import annotations
 
-import copy
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,25 +40,23 @@ from torch import Tensor, nn
 from search_spaces import catalog
 from workers.training import metrics as M
 from workers.training.device import select_device
-from workers.training.losses import PredictionLoss
 from workers.training.models import ModelShape, build_model
 from workers.training.penalties import penalized_weights
-from workers.training.schedules import RegSchedule
+from workers.training.population_ops import (BATCHABLE_LOSSES, _Member, _batched_loss, _classification_metrics,
+                                             _column, _regression_metrics, _rows,
+                                             _weight_metrics, adam_step, make_member,
+                                             sgd_step)
+from workers.training.population_state import (load_population_state, member_state,
+                                               population_state)
 from workers.training.setup import TrialSetup
 from workers.training.tasks import load_task
-from workers.training.trainer import CHECKPOINT_FORMAT, EVAL_CHUNK, ORDER_SEED_OFFSET
+from workers.training.trainer import EVAL_CHUNK, ORDER_SEED_OFFSET
 
 POPULATION_FILE = "population.pt"
-POPULATION_FORMAT = 1
 #: Models a population can batch (stacks of ``nn.Linear`` with ReLU in between).
 BATCHABLE_MODELS = ("linear", "mlp")
-#: Losses with a batched form below.
-BATCHABLE_LOSSES = ("cross_entropy", "focal", "l1", "mse", "smooth_l1")
 #: Params that must be equal across members (they fix shapes, RNG use or data order).
 SHARED_PARAMS = ("batch_size", "dropout")
-#: torch.optim.Adam defaults, which the library's ``adam`` uses.
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 
 
 def compatibility_key(setup: TrialSetup) -> tuple[Any, ...]:
@@ -103,9 +79,6 @@ def group_compatible(setups: Sequence[TrialSetup]) -> list[list[int]]:
         groups.setdefault(compatibility_key(setup), []).append(i)
     return list(groups.values())
 
-
-from workers.training.population_ops import (_Member, _batched_loss, _classification_metrics, _column,
-                                               _regression_metrics, _rows, _weight_metrics)
 
 class PopulationTrainer:
     """Trains K compatible setups as one batched model, one epoch per :meth:`train_epoch`.
@@ -164,7 +137,7 @@ class PopulationTrainer:
             for tensor in (module.weight, module.bias):
                 stacked = tensor.detach().unsqueeze(0).repeat(len(setups), *([1] * tensor.dim()))
                 self._params.append(stacked.to(self.device).requires_grad_())
-        self._members = [self._member(i, s) for i, s in enumerate(setups)]
+        self._members = [make_member(i, s) for i, s in enumerate(setups)]
         # Optimizer state, stacked like the params; None until the first step.
         self._momentum: list[Tensor] | None = None
         self._exp_avg: list[Tensor] | None = None
@@ -194,21 +167,6 @@ class PopulationTrainer:
 
     def _cuda_index(self) -> int:
         return self.device.index if self.device.index is not None else torch.cuda.current_device()
-
-    def _member(self, index: int, setup: TrialSetup) -> _Member:
-        p = setup.params
-        if not 0.0 <= float(p["smooth_l1_weight"]) <= 1.0:
-            raise ValueError(f"smooth_l1_weight must be in [0, 1], got {p['smooth_l1_weight']}")
-        if float(p["reg_lambda"]) < 0 or not 0.0 <= float(p["l1_ratio"]) <= 1.0:
-            raise ValueError("reg_lambda must be >= 0 and l1_ratio in [0, 1]")
-        if setup.loss not in BATCHABLE_LOSSES:
-            raise ValueError(f"loss {setup.loss!r} has no batched form; populations support "
-                             f"{list(BATCHABLE_LOSSES)}")
-        PredictionLoss.build(setup.kind, p)  # the same validation the Trainer does
-        return _Member(index=index, setup=setup,
-                       schedule=RegSchedule.from_params(p), reg_lambda=float(p["reg_lambda"]),
-                       l1_ratio=float(p["l1_ratio"]), blend=float(p["smooth_l1_weight"]),
-                       lr=float(p["lr"]), momentum=float(p["momentum"]))
 
     # --- counters ------------------------------------------------------------------
 
@@ -369,41 +327,18 @@ class PopulationTrainer:
         grads = [p.grad for p in params]
         with torch.no_grad():
             if self.optimizer == "sgd":
-                self._sgd_step(params, grads)  # type: ignore[arg-type]
+                momenta = [m.momentum for m in self._members]
+                self._momentum = sgd_step(
+                    params, grads, self._momentum,  # type: ignore[arg-type]
+                    lambda dims: self._hyper("momentum", momenta, dims),
+                    lambda dims: self._hyper("neg_lr", [-m.lr for m in self._members], dims))
             else:
-                self._adam_step(params, grads)  # type: ignore[arg-type]
-
-    def _sgd_step(self, params: list[Tensor], grads: list[Tensor]) -> None:
-        """torch.optim.SGD (single-tensor path, dampening 0, no nesterov) per member."""
-        members = self._members
-        if self._momentum is None:
-            self._momentum = [g.detach().clone() for g in grads]
-        else:
-            for buf, g in zip(self._momentum, grads):
-                buf.mul_(self._hyper("momentum", [m.momentum for m in members], buf.dim() - 1))
-                buf.add_(g)
-        for p, buf in zip(params, self._momentum):
-            # addcmul(p, buf, -lr) rounds exactly like SGD's p.add_(buf, alpha=-lr)
-            p.addcmul_(buf, self._hyper("neg_lr", [-m.lr for m in members], p.dim() - 1))
-
-    def _adam_step(self, params: list[Tensor], grads: list[Tensor]) -> None:
-        """torch.optim.Adam (single-tensor path, default betas/eps, no amsgrad) per member."""
-        beta1, beta2 = ADAM_BETAS
-        if self._exp_avg is None or self._exp_avg_sq is None:
-            self._exp_avg = [torch.zeros_like(p) for p in params]
-            self._exp_avg_sq = [torch.zeros_like(p) for p in params]
-        self._adam_steps += 1
-        step = float(self._adam_steps)
-        bias_correction1 = 1 - beta1 ** step
-        bias_correction2 = 1 - beta2 ** step
-        bias_correction2_sqrt = bias_correction2 ** 0.5
-        neg_step = [-(m.lr / bias_correction1) for m in self._members]
-        for p, g, m1, m2 in zip(params, grads, self._exp_avg, self._exp_avg_sq):
-            m1.lerp_(g, 1 - beta1)
-            m2.mul_(beta2).addcmul_(g, g.conj(), value=1 - beta2)
-            denom = (m2.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
-            # addcdiv_(m1, denom, value=v) computes p + v * m1 / denom, in that order
-            p.add_(_column(neg_step, p, p.dim() - 1) * m1 / denom)
+                if self._exp_avg is None or self._exp_avg_sq is None:
+                    self._exp_avg = [torch.zeros_like(p) for p in params]
+                    self._exp_avg_sq = [torch.zeros_like(p) for p in params]
+                self._adam_steps += 1
+                adam_step(params, grads, self._exp_avg, self._exp_avg_sq,  # type: ignore[arg-type]
+                          self._adam_steps, [m.lr for m in self._members])
 
     # --- training ----------------------------------------------------------------
 
@@ -526,55 +461,11 @@ class PopulationTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-identically from this epoch boundary."""
-        def copies(tensors: list[Tensor] | None) -> list[Tensor] | None:
-            return None if tensors is None else [t.detach().clone() for t in tensors]
-
-        return copy.deepcopy({
-            "format": POPULATION_FORMAT,
-            "structures": [s.structure() for s in self.setups],
-            "members": self.active,
-            "epoch": self._epoch,
-            "step": self._step,
-            "params": copies(self._params),
-            "momentum": copies(self._momentum),
-            "exp_avg": copies(self._exp_avg),
-            "exp_avg_sq": copies(self._exp_avg_sq),
-            "adam_steps": self._adam_steps,
-            "rng_cpu": self._rng_cpu.clone(),
-            "rng_cuda": None if self._rng_cuda is None else self._rng_cuda.clone(),
-            "order_rng": self._order.get_state(),
-            "initial_norms": [None if m.initial_norms is None else list(m.initial_norms)
-                              for m in self._members],
-        })
+        return population_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (same setups' structure; hyperparameters from the setups)."""
-        if state.get("format") != POPULATION_FORMAT:
-            raise ValueError(f"unsupported population checkpoint format {state.get('format')!r}")
-        if state["structures"] != [s.structure() for s in self.setups]:
-            raise ValueError("checkpoint belongs to a population of other setups")
-        members = [int(i) for i in state["members"]]
-        self._members = [self._member(i, self.setups[i]) for i in members]
-        for m, norms in zip(self._members, state["initial_norms"]):
-            m.initial_norms = None if norms is None else (float(norms[0]), float(norms[1]))
-
-        def load(tensors: list[Tensor] | None, grad: bool) -> list[Tensor] | None:
-            if tensors is None:
-                return None
-            out = [t.detach().clone().to(self.device) for t in tensors]
-            return [t.requires_grad_() for t in out] if grad else out
-
-        self._params = load(state["params"], True) or []
-        self._momentum = load(state["momentum"], False)
-        self._exp_avg = load(state["exp_avg"], False)
-        self._exp_avg_sq = load(state["exp_avg_sq"], False)
-        self._adam_steps = int(state["adam_steps"])
-        self._epoch, self._step = int(state["epoch"]), int(state["step"])
-        self._rng_cpu = state["rng_cpu"].cpu()
-        if self.device.type == "cuda" and state["rng_cuda"] is not None:
-            self._rng_cuda = state["rng_cuda"].cpu()
-        self._order.set_state(state["order_rng"].cpu())
-        self._hyper_cache.clear()
+        load_population_state(self, state)
 
     def save(self, directory: Path | str) -> Path:
         """Write ``directory/population.pt`` atomically; returns the file."""
@@ -600,44 +491,6 @@ class PopulationTrainer:
         that member alone, unbatched (e.g. the last survivor of a population, or a
         PBT exploit that copies one member's weights).
         """
-        positions = [k for k, m in enumerate(self._members) if m.index == member_index]
-        if not positions:
-            raise ValueError(f"member {member_index} is not active (active: {self.active})")
-        k = positions[0]
-        member = self._members[k]
-        model: dict[str, Tensor] = {}
-        for layer, (w_name, b_name) in enumerate(self._names):
-            model[w_name] = self._params[2 * layer][k].detach().clone()
-            model[b_name] = self._params[2 * layer + 1][k].detach().clone()
-        opt_state: dict[int, dict[str, Any]] = {}
-        if self.optimizer == "sgd":
-            group = {"lr": member.lr, "momentum": member.momentum, "dampening": 0,
-                     "weight_decay": 0, "nesterov": False, "maximize": False, "foreach": None,
-                     "differentiable": False, "fused": None}
-            if self._momentum is not None and member.momentum != 0.0:
-                opt_state = {i: {"momentum_buffer": buf[k].clone()}
-                             for i, buf in enumerate(self._momentum)}
-        else:
-            group = {"lr": member.lr, "betas": ADAM_BETAS, "eps": ADAM_EPS, "weight_decay": 0,
-                     "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
-                     "differentiable": False, "fused": None, "decoupled_weight_decay": False}
-            if self._exp_avg is not None and self._exp_avg_sq is not None:
-                opt_state = {i: {"step": torch.tensor(float(self._adam_steps)),
-                                 "exp_avg": m1[k].clone(), "exp_avg_sq": m2[k].clone()}
-                             for i, (m1, m2) in enumerate(zip(self._exp_avg, self._exp_avg_sq))}
-        group["params"] = list(range(len(self._params)))
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "structure": member.setup.structure(),
-            "epoch": self._epoch,
-            "step": self._step,
-            "model": model,
-            "optimizer": {"state": opt_state, "param_groups": [group]},
-            "rng_cpu": self._rng_cpu.clone(),
-            "rng_cuda": None if self._rng_cuda is None else self._rng_cuda.clone(),
-            "order_rng": self._order.get_state(),
-            "initial_norms": None if member.initial_norms is None else list(member.initial_norms),
-        }
+        return member_state(self, member_index)
 
-
-__all__ = ["BATCHABLE_MODELS", "PopulationTrainer", "compatibility_key", "group_compatible"]
+__all__ = ["BATCHABLE_LOSSES", "BATCHABLE_MODELS", "PopulationTrainer", "compatibility_key", "group_compatible"]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from workers.training import metrics as M
+from workers.training.losses import PredictionLoss
 from workers.training.schedules import RegSchedule
 from workers.training.setup import TrialSetup
 
@@ -34,6 +35,27 @@ class _Member:
     lr: float
     momentum: float
     initial_norms: tuple[float, float] | None = None
+
+
+#: Losses with a batched form (:func:`_batched_loss`).
+BATCHABLE_LOSSES = ("cross_entropy", "focal", "l1", "mse", "smooth_l1")
+
+
+def make_member(index: int, setup: TrialSetup) -> _Member:
+    """Member ``index`` of a population, refusing what the Trainer (or batching) refuses."""
+    p = setup.params
+    if not 0.0 <= float(p["smooth_l1_weight"]) <= 1.0:
+        raise ValueError(f"smooth_l1_weight must be in [0, 1], got {p['smooth_l1_weight']}")
+    if float(p["reg_lambda"]) < 0 or not 0.0 <= float(p["l1_ratio"]) <= 1.0:
+        raise ValueError("reg_lambda must be >= 0 and l1_ratio in [0, 1]")
+    if setup.loss not in BATCHABLE_LOSSES:
+        raise ValueError(f"loss {setup.loss!r} has no batched form; populations support "
+                         f"{list(BATCHABLE_LOSSES)}")
+    PredictionLoss.build(setup.kind, p)  # the same validation the Trainer does
+    return _Member(index=index, setup=setup,
+                   schedule=RegSchedule.from_params(p), reg_lambda=float(p["reg_lambda"]),
+                   l1_ratio=float(p["l1_ratio"]), blend=float(p["smooth_l1_weight"]),
+                   lr=float(p["lr"]), momentum=float(p["momentum"]))
 
 
 def _column(values: Sequence[float], like: Tensor, dims: int) -> Tensor:
@@ -179,3 +201,44 @@ def _weight_metrics(weights: Sequence[Tensor],
         out["weight_l2_rel"].append(l2_rel)
         out["weight_sparsity"].append(z / total if total else 0.0)
     return out
+
+
+# --- optimizers: torch.optim's single-tensor CPU paths, on stacked parameters -----------
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def sgd_step(params: list[Tensor], grads: list[Tensor], buffers: list[Tensor] | None,
+             momentum: Callable[[int], Tensor], neg_lr: Callable[[int], Tensor]
+             ) -> list[Tensor]:
+    """torch.optim.SGD (dampening 0, no nesterov) per member; returns the momentum buffers.
+
+    ``momentum(dims)`` and ``neg_lr(dims)`` give (K, 1, ...) columns of the members'
+    momentum and -lr with ``dims`` trailing axes.
+    """
+    if buffers is None:
+        buffers = [g.detach().clone() for g in grads]
+    else:
+        for buf, g in zip(buffers, grads):
+            buf.mul_(momentum(buf.dim() - 1))
+            buf.add_(g)
+    for p, buf in zip(params, buffers):
+        # addcmul(p, buf, -lr) rounds exactly like SGD's p.add_(buf, alpha=-lr)
+        p.addcmul_(buf, neg_lr(p.dim() - 1))
+    return buffers
+
+
+def adam_step(params: list[Tensor], grads: list[Tensor], exp_avg: list[Tensor],
+              exp_avg_sq: list[Tensor], step: int, lrs: Sequence[float]) -> None:
+    """torch.optim.Adam (default betas/eps, no amsgrad) per member, ``step`` counted from 1."""
+    beta1, beta2 = ADAM_BETAS
+    bias_correction1 = 1 - beta1 ** float(step)
+    bias_correction2_sqrt = (1 - beta2 ** float(step)) ** 0.5
+    neg_step = [-(lr / bias_correction1) for lr in lrs]
+    for p, g, m1, m2 in zip(params, grads, exp_avg, exp_avg_sq):
+        m1.lerp_(g, 1 - beta1)
+        m2.mul_(beta2).addcmul_(g, g.conj(), value=1 - beta2)
+        denom = (m2.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
+        # addcdiv_(m1, denom, value=v) computes p + v * m1 / denom, in that order
+        p.add_(_column(neg_step, p, p.dim() - 1) * m1 / denom)

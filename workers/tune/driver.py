@@ -17,10 +17,13 @@ round whose sampler is told every finished trial, so nothing is re-run.
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
+import pickle
 import re
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -80,6 +83,27 @@ def _seed_material(spec: SearchSpec, job: Any, store: Any, settings: Any) -> tup
     return points, []
 
 
+def searcher_state_readable(path: str) -> bool:
+    """False if the newest ``searcher-state-*.pkl`` of a local experiment cannot be read.
+
+    Tune writes that file in place after every step (TUNE_GLOBAL_CHECKPOINT_S=0); a
+    driver killed mid-write leaves it truncated, and ``Tuner.restore`` then logs
+    ``EOFError`` and waits with no trials instead of failing. Remote storage
+    (``scheme://``) is not checked. The file is this driver's own, never a user's.
+    """
+    if "://" in path or not os.path.isdir(path):
+        return True
+    states = sorted(glob.glob(os.path.join(glob.escape(path), "searcher-state-*.pkl")))
+    if not states:
+        return True
+    try:
+        with open(states[-1], "rb") as handle:
+            pickle.load(handle)
+    except Exception:  # noqa: BLE001 - any failure to read it means Tune cannot either
+        return False
+    return True
+
+
 def build_tuner(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks: list,
                 name: str) -> Any:
     """Restore round ``name`` if it was interrupted, else start it for what remains."""
@@ -96,6 +120,13 @@ def build_tuner(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks
     trainable = tune.with_resources(tune.with_parameters(function, **parameters),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     path = f"{settings.results_path.rstrip('/')}/{name}"
+    if not searcher_state_readable(path):
+        # Restoring it would run a round with no trials forever (seen in CI): start the
+        # round afresh for what the store has not finished, keeping the old one aside.
+        aside = f"{path}.unreadable-{int(time.time())}"
+        log.warning("the searcher state under %s is unreadable (a driver killed while "
+                    "writing it); moved to %s, starting the round afresh", path, aside)
+        os.rename(path, aside)
     if tune.Tuner.can_restore(path):
         log.info("restoring the Tune experiment at %s", path)
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)

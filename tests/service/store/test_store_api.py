@@ -172,6 +172,36 @@ class TestJobs:
             [(b.id, store.get_job(b.id).started_at)]
         assert last == store.last_started_by_owner()
 
+    def test_queue_counts_match_the_queue(self, store):
+        """The aggregate answer equals the one derived from the whole queue, ties included."""
+        from service.store.base import JobStore
+        from service.store.schema import jobs
+
+        made = [make_job(store, owner=o) for o in ("alice", "bob", "carol", "alice", "bob",
+                                                   "carol", "alice")]
+        assert store.transition(made[4].id, from_statuses={"queued"}, to="running")
+        # carol's and bob's oldest queued jobs made in the same instant, before alice's:
+        # the older row (bob's) goes first, as in queue_snapshot.
+        same = made[0].created_at - timedelta(seconds=5)
+        with store.engine.begin() as conn:
+            for j in (made[1], made[2]):
+                conn.execute(jobs.update().where(jobs.c.id == j.id).values(created_at=same))
+        for j in made:
+            got = store.queue_counts(j.id)
+            if j is made[4]:
+                assert got is None
+                continue
+            ref = JobStore.queue_counts(store, j.id)
+            assert (got.owner, got.nth, got.backlog, got.last_started) == \
+                (ref.owner, ref.nth, ref.backlog, ref.last_started)
+            assert [(r.owner, r.started_at) for r in got.running] == \
+                [(r.owner, r.started_at) for r in ref.running]
+        assert list(store.queue_counts(made[0].id).backlog.items()) == \
+            [("bob", 1), ("carol", 2), ("alice", 3)]
+        assert store.queue_counts(made[6].id).nth == 3
+        assert store.queue_counts("0123456789ab") is None
+        assert store.queue_counts("x\x00") is None
+
     def test_list_jobs_newest_first_and_filters(self, store):
         a1 = make_job(store, owner="alice")
         b1 = make_job(store, owner="bob")
@@ -328,6 +358,36 @@ class TestTrials:
                                                       "running": 1, "completed": 1}
         assert store.count_trials_by_status()["completed"] == 2
         assert sum(store.count_trials_by_status(b.id).values()) == 1
+
+
+    def test_record_writes_trials_events_and_best_at_once(self, store):
+        job = make_job(store)
+        store.upsert_trial(job.id, "m0", status="running", iteration=1)
+        best = {"trial_id": "m1", "metric": 0.9}
+        got = store.record(job.id,
+                           trials=[("m0", {"iteration": 2, "metrics": {"acc": 0.5}}),
+                                   ("m1", {"status": "running", "iteration": 2})],
+                           events=[("trial_result", {"trial_id": "m0"}),
+                                   ("trial_result", {"trial_id": "m1"})],
+                           best=best)
+        assert [(t.trial_id, t.index, t.iteration) for t in got] == [("m0", 0, 2), ("m1", 1, 2)]
+        assert got == store.list_trials(job.id)
+        assert got[0].status == "running" and got[0].metrics == {"acc": 0.5}
+        assert [(ev.seq, ev.payload["trial_id"]) for ev in store.events_since(job.id)] == \
+            [(1, "m0"), (2, "m1")]
+        assert store.get_job(job.id).best == best
+        assert store.record(job.id) == []
+
+    def test_record_is_all_or_nothing(self, store):
+        job = make_job(store)
+        before = dump_database(store)
+        with pytest.raises(TypeError):
+            store.record(job.id, trials=[("m0", {"iteration": 1}), ("m1", {"colour": "red"})])
+        with pytest.raises(ValueError):
+            store.record(job.id, trials=[("m0", {"iteration": 1})], events=[("", {})])
+        with pytest.raises(NotFound):
+            store.record("0123456789ab", trials=[("m0", {"iteration": 1})])
+        assert dump_database(store) == before
 
 
 class TestEvents:

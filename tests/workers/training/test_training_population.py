@@ -30,14 +30,7 @@ RTOL = 1e-4
 ATOL = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these models are tiny, and on a shared 2-core machine a
-    second OpenMP thread mostly waits at barriers (seconds per test under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _assert_close(expected: list[dict[str, float]], got: list[dict[str, float]]) -> float:

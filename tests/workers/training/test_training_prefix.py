@@ -17,13 +17,7 @@ REG = {"task": "regression-outliers", "objective": {"loss": "mse", "metric": "va
        "model": {"name": "linear"}, "train": {"epochs": 3, "batch_size": 100, "lr": 0.01}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models, and a shared machine makes a second one wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _independent(setup, cpu) -> list[dict[str, float]]:

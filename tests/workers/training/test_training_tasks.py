@@ -153,3 +153,31 @@ def test_table_requires_path_target_and_root(tmp_path: Path) -> None:
         load_task("table").load({"path": "a.csv", "target": "x"}, None)
     with pytest.raises(ValueError, match="outside|'\\.\\.'"):
         load_task("table").load({"path": "../a.csv", "target": "x"}, tmp_path)
+
+
+def test_bundled_files_read_as_scikit_learn_reads_them() -> None:
+    from sklearn.datasets import load_diabetes, load_digits
+
+    from workers.training.tasks.builtin import bundled_csv
+
+    digits = load_digits()
+    data = bundled_csv("digits.csv.gz", delimiter=",")
+    assert np.array_equal(data[:, :-1], digits.data)
+    assert np.array_equal(data[:, -1].astype(np.int64), digits.target)
+    x, y = load_diabetes(return_X_y=True, scaled=False)
+    assert np.array_equal(bundled_csv("diabetes_data_raw.csv.gz"), x)
+    assert np.array_equal(bundled_csv("diabetes_target.csv.gz"), y)
+
+
+def test_builtin_tasks_do_not_import_scikit_learn() -> None:
+    """A fresh trial process loads its data without paying for sklearn's imports."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom workers.training.tasks import load_task\n"
+            "for name in ('digits', 'digits-longtail', 'diabetes', 'regression-outliers'):\n"
+            "    load_task(name).load({}, None)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[3])
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

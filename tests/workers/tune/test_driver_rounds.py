@@ -65,3 +65,21 @@ def test_a_round_without_progress_ends_the_loop(store, monkeypatch) -> None:
     names = fake_tuners(monkeypatch, store, [0, 0, 0])
     driver.run_rounds(None, job, store, None, [])
     assert len(names) == 1 and store.list_trials(job.id) == []
+
+
+def test_an_unreadable_searcher_state_is_detected(tmp_path):
+    """A driver killed while Tune wrote its searcher state leaves it truncated."""
+    import pickle
+
+    from workers.tune.driver import searcher_state_readable
+
+    assert searcher_state_readable(str(tmp_path / "absent"))
+    assert searcher_state_readable(str(tmp_path))  # no searcher state at all
+    good = {"sampler": [1, 2, 3]}
+    (tmp_path / "searcher-state-2026-11-24_22-15-20.pkl").write_bytes(pickle.dumps(good))
+    assert searcher_state_readable(str(tmp_path))
+    (tmp_path / "searcher-state-2026-11-24_22-15-28.pkl").write_bytes(pickle.dumps(good)[:7])
+    assert not searcher_state_readable(str(tmp_path))  # the newest one is what Tune reads
+    (tmp_path / "searcher-state-2026-11-24_22-15-28.pkl").write_bytes(b"")
+    assert not searcher_state_readable(str(tmp_path))
+    assert searcher_state_readable("s3://bucket/results/job-r0")

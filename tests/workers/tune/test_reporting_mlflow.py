@@ -129,3 +129,33 @@ def test_a_snapshot_counts_only_epochs_mlflow_has(tmp_path: Path) -> None:
     assert [m.step for m in history] == [1, 2, 3]
     assert pickle.loads(pickle.dumps(cb))._units.epochs["t0"] == 3
     assert cb.close()
+
+
+def test_a_checkpoint_waits_until_mlflow_has_every_epoch_before_it(tmp_path: Path) -> None:
+    """A restored trial resumes at its last checkpoint and never re-runs the epochs
+    before it: those must be written before Tune records the checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    from workers.tune.reporting import MlflowTrialCallback
+    from workers.tune.tracking import ParentRun
+
+    spec = validate_spec(tiny("report-checkpoint"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = ParentRun(uri, (tmp_path / "artifacts").as_uri(), "0123456789ab", spec, "o")
+    cb = MlflowTrialCallback(uri, parent.experiment_id, parent.run_id, "0123456789ab", spec,
+                             interval_s=3600.0)  # the writer lingers: epochs stay queued
+    trial = SimpleNamespace(trial_id="t0", config={"reg_lambda": 1e-3, "l1_ratio": 0.5},
+                            last_result={})
+    for epoch in (1, 2, 3):
+        trial.last_result = result(epoch, 0.5 + 0.1 * epoch)
+        cb.on_trial_result(0, [], trial, trial.last_result)
+        if epoch == 1:  # the first epoch goes out with the new run; later ones linger
+            cb.on_checkpoint(0, [], trial, checkpoint=object())
+            assert cb.writer.written["t0"] == 1
+    assert cb.writer.written["t0"] == 1
+    cb.on_checkpoint(0, [], trial, checkpoint=object())
+    assert cb.writer.written["t0"] == 3
+    history = MlflowClient(uri).get_metric_history(cb.run_ids["t0"], "val_accuracy")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert pickle.loads(pickle.dumps(cb))._units.epochs["t0"] == 3
+    assert cb.close()

@@ -27,12 +27,7 @@ from workers.tune.space import trial_params
 T = 18
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _spec(scheduler: str = "none", epochs: int = 3) -> SearchSpec:

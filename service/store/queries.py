@@ -1,0 +1,37 @@
+"""Statements of the SQL store's hot paths, built once at import.
+
+Building a select of every column costs more than running it on SQLite, so the
+reads made on every job view and every submit are compiled-cached here and bound
+with parameters by :class:`~service.store.sql.SqlJobStore`.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from service.store import entities as e
+from service.store.schema import jobs, trials
+
+# Every job view.
+GET_JOB = sa.select(*jobs.c).where(jobs.c.id == sa.bindparam("job_id"))
+TRIALS_BY_STATUS = (sa.select(trials.c.status, sa.func.count())
+                    .where(trials.c.job_id == sa.bindparam("job_id"))
+                    .group_by(trials.c.status))
+
+# A queued job's place (queue_counts, every submit): per-user counts, not the queue's rows.
+QUEUED = jobs.c.status == e.QUEUED
+QUEUED_JOB = sa.select(jobs.c.owner, jobs.c.created_at, jobs.c.pk).where(
+    jobs.c.id == sa.bindparam("job_id"), QUEUED)
+NTH_OF_OWNER = sa.select(sa.func.count()).select_from(jobs).where(
+    QUEUED, jobs.c.owner == sa.bindparam("owner"),
+    sa.or_(jobs.c.created_at < sa.bindparam("created"),
+           sa.and_(jobs.c.created_at == sa.bindparam("created"),
+                   jobs.c.pk <= sa.bindparam("pk"))))
+BACKLOG = (sa.select(jobs.c.owner, sa.func.count(), sa.func.min(jobs.c.created_at))
+           .where(QUEUED).group_by(jobs.c.owner))
+FIRST_PK = sa.select(sa.func.min(jobs.c.pk)).where(
+    QUEUED, jobs.c.owner == sa.bindparam("owner"),
+    jobs.c.created_at == sa.bindparam("created"))
+RUNNING = sa.select(jobs.c.owner, jobs.c.started_at).where(jobs.c.status == e.RUNNING)
+LAST_STARTED = (sa.select(jobs.c.owner, sa.func.max(jobs.c.started_at))
+                .where(jobs.c.started_at.is_not(None)).group_by(jobs.c.owner))
