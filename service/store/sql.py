@@ -96,8 +96,16 @@ class SqlJobStore(JobStore):
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn, conn.begin():
-            yield conn
+        # One snapshot for all the statements of a read: PostgreSQL's default (READ
+        # COMMITTED) lets each statement see newer commits, so a job picked between
+        # queue_counts' statements looked queued to one and absent to the next (a 500
+        # on GET /v1/jobs/{id}, seen in the deploy tests). SQLite's read transaction
+        # is a snapshot already. Writes keep READ COMMITTED: no serialization failures.
+        with self._engine.connect() as conn:
+            if self._engine.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
     def close(self) -> None:
         self._engine.dispose()

@@ -72,7 +72,10 @@ def _wait_job(api: httpx.Client, job_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     job: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        job = api.get(f"/v1/jobs/{job_id}").json()
+        response = api.get(f"/v1/jobs/{job_id}")
+        # An error answer (a 5xx, say) must fail with what it said, not a KeyError.
+        assert response.status_code == 200, f"{response.status_code}: {response.text[:2000]}"
+        job = response.json()
         if job["status"] in ("succeeded", "failed", "cancelled"):
             return job
         time.sleep(0.5)

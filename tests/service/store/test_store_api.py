@@ -202,6 +202,31 @@ class TestJobs:
         assert store.queue_counts("0123456789ab") is None
         assert store.queue_counts("x\x00") is None
 
+    def test_queue_counts_is_one_snapshot_while_the_job_is_picked(self, store):
+        """The supervisor starts the job between queue_counts' first statement and the
+        rest: the answer is the queue as it was (PostgreSQL's default isolation gave
+        nth 0 and a 500 on GET /v1/jobs/{id})."""
+        from service.store.queries import QUEUED_JOB
+
+        mine, other = make_job(store, owner="alice"), make_job(store, owner="bob")
+        picked: list[bool] = []
+
+        def pick_now(conn, cursor, statement, parameters, context, executemany):
+            if not picked and context.compiled is not None \
+                    and context.compiled.statement is QUEUED_JOB:
+                picked.append(store.transition(mine.id, from_statuses={"queued"},
+                                               to="running"))
+
+        sa.event.listen(store.engine, "after_cursor_execute", pick_now)
+        try:
+            counts = store.queue_counts(mine.id)
+        finally:
+            sa.event.remove(store.engine, "after_cursor_execute", pick_now)
+        assert picked == [True] and store.get_job(mine.id).status == "running"
+        assert counts.nth == 1 and counts.backlog == {"alice": 1, "bob": 1}
+        assert store.queue_counts(mine.id) is None  # and now it is out of the queue
+        assert store.queue_counts(other.id).backlog == {"bob": 1}
+
     def test_list_jobs_newest_first_and_filters(self, store):
         a1 = make_job(store, owner="alice")
         b1 = make_job(store, owner="bob")
