@@ -177,13 +177,26 @@ def run_rounds(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks:
                  job.num_trials)
 
 
-def _close_orphans(store: Any, job_id: str) -> None:
-    """Trials a killed driver started after its last experiment snapshot never come back."""
+def _close_orphans(store: Any, job_id: str, mlflow_client: Any = None) -> None:
+    """Trials a killed driver ran that the restored experiment does not know never come back.
+
+    Tune uploads its experiment snapshot to the storage path from a background thread
+    and skips an upload while the last one is still copying, so the snapshot a
+    restarted driver finds can predate trials that had started (or be a mix of two
+    snapshots). Those trials are marked failed, with why, and later rounds replace
+    them; their MLflow runs are ended FAILED, not left RUNNING in the UI for ever.
+    """
     for trial in store.list_trials(job_id):
         if trial.status in ("pending", "running"):
             store.upsert_trial(job_id, trial.trial_id, status="failed")
             store.add_event(job_id, "trial_failed", {"trial_id": trial.trial_id,
                                                      "error": "lost when the driver restarted"})
+            if mlflow_client is not None and trial.mlflow_run_id:
+                try:
+                    mlflow_client.set_terminated(trial.mlflow_run_id, "FAILED")
+                except Exception:  # noqa: BLE001 - the job's answer matters more
+                    log.exception("could not end the MLflow run of lost trial %s",
+                                  trial.trial_id)
 
 
 def run(job_id: str) -> int:
@@ -228,7 +241,7 @@ def run(job_id: str) -> int:
         run_rounds(spec, job, store, settings, [mlflow_cb, store_cb])
         if not mlflow_cb.close():  # every queued MLflow write done before the answer
             log.warning("some MLflow writes of job %s were not made (see above)", job_id)
-        _close_orphans(store, job_id)
+        _close_orphans(store, job_id, mlflow_cb.client)
         answer = select(spec, store.list_trials(job_id))
         parent.finish(answer, "FINISHED")
         if store.transition(job_id, from_statuses={"running"}, to="succeeded", best=answer):

@@ -83,3 +83,32 @@ def test_an_unreadable_searcher_state_is_detected(tmp_path):
     (tmp_path / "searcher-state-2026-11-24_22-15-28.pkl").write_bytes(b"")
     assert not searcher_state_readable(str(tmp_path))
     assert searcher_state_readable("s3://bucket/results/job-r0")
+
+
+def test_lost_trials_are_failed_with_why_and_their_mlflow_runs_ended(store) -> None:
+    """Trials the restored experiment never brought back: failed in the store (with an
+    event saying why) and FAILED in MLflow, not RUNNING for ever; finished ones untouched."""
+    job = job_of(store, 3)
+    store.upsert_trial(job.id, "done", status="completed", iteration=2, mlflow_run_id="r-done")
+    store.upsert_trial(job.id, "lost", status="running", iteration=1, mlflow_run_id="r-lost")
+    store.upsert_trial(job.id, "early", status="running", iteration=1)  # no run made yet
+    ended: list[tuple[str, str]] = []
+
+    class Client:
+        def set_terminated(self, run_id: str, status: str) -> None:
+            if run_id == "r-broken":
+                raise RuntimeError("MLflow is down")
+            ended.append((run_id, status))
+
+    driver._close_orphans(store, job.id, Client())
+    statuses = {t.trial_id: t.status for t in store.list_trials(job.id)}
+    assert statuses == {"done": "completed", "lost": "failed", "early": "failed"}
+    assert ended == [("r-lost", "FAILED")]
+    failed = [e.payload for e in store.events_since(job.id) if e.kind == "trial_failed"]
+    assert sorted(p["trial_id"] for p in failed) == ["early", "lost"]
+    assert {p["error"] for p in failed} == {"lost when the driver restarted"}
+    # An MLflow failure does not stop the rest from being closed.
+    store.upsert_trial(job.id, "other", status="running", iteration=1,
+                       mlflow_run_id="r-broken")
+    driver._close_orphans(store, job.id, Client())
+    assert {t.trial_id: t.status for t in store.list_trials(job.id)}["other"] == "failed"
