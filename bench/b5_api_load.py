@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.pyspy import read_collapsed, shares
 from bench.common import (PY, REPO, busy_trainers, command_for, free_port, latency_summary,
                           repo_env, run_in_scratch, stop_process, wait_http)
 
@@ -92,6 +92,8 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--auth-required", action="store_true",
                         help="REGTUNE_AUTH=required (every /v1 call needs a bearer token)")
+    parser.add_argument("--pure-python", action="store_true",
+                        help="uvicorn's h11 parser and asyncio loop, not httptools/uvloop")
     args = parser.parse_args(argv)
     import uvicorn
 
@@ -102,7 +104,8 @@ def serve_main(argv: list[str]) -> int:
                         auth="required" if args.auth_required else "off")
     app = create_app(settings, launcher=_recording_launcher(), supervise=False)
     # log_level "info" as `regtune serve` runs it (one access-log line per request)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="info")
+    stack = dict(http="h11", loop="asyncio") if args.pure_python else {}  # else "auto"
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="info", **stack)
     return 0
 
 
@@ -221,7 +224,8 @@ SERVER_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("response validation + serialisation (FastAPI, pydantic, json)",
      ("serialize_response", "jsonable_encoder", "(pydantic", "(json/")),
     ("access log (logging)", ("(logging/",)),
-    ("uvicorn / h11 / asyncio I/O", ("(uvicorn/", "(h11/", "(asyncio/", "(selectors")),
+    ("uvicorn / HTTP parser / event loop I/O", ("(uvicorn/", "(h11/", "(httptools",
+                                                 "(uvloop", "(asyncio/", "(selectors")),
     ("starlette/FastAPI routing, middleware, threadpool hand-off",
      ("(starlette/", "(fastapi/", "(anyio/", "(threading")),
     ("prometheus metrics", ("(prometheus_client/",)),
@@ -229,42 +233,12 @@ SERVER_CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def parse_server_profile(path: Path) -> list[list[Any]]:
-    if not path.exists():
-        return []
-    counts: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        total += int(n)
-        if not stack.strip():
-            counts["no Python frame (native code)"] += int(n)
-            continue
-        for name, needles in SERVER_CATEGORIES:
-            if any(x in stack for x in needles):
-                counts[name] += int(n)
-                break
-        else:
-            counts["other"] += int(n)
-    return [[name, 100 * n / total] for name, n in counts.most_common()] if total else []
+    return shares(read_collapsed(path, SERVER_CATEGORIES), "categories")
 
 
 def _own_frames(path: Path, top: int = 6) -> list[list[Any]]:
-    if not path.exists():
-        return []
-    own: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        total += int(n)
-        for frame in reversed(stack.split(";")):
-            if re.search(r"\((service|search_spaces)/", frame):
-                own[re.sub(r":\d+\)$", ")", frame)] += int(n)
-                break
-    return [[f, 100 * n / total] for f, n in own.most_common(top)] if total else []
+    return shares(read_collapsed(path, SERVER_CATEGORIES, r"\((service|search_spaces)/",
+                                 top), "own_frames")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -279,11 +253,13 @@ def cpu_seconds(pid: int) -> float:
 class _Server:
     """The app under uvicorn in a subprocess, on a free port."""
 
-    def __init__(self, data: Path, log_path: Path, auth_required: bool = False) -> None:
+    def __init__(self, data: Path, log_path: Path, auth_required: bool = False,
+                 pure_python: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [PY, "-m", "bench.b5_api_load", "serve", "--data-dir", str(data), "--port",
-               str(self.port)] + (["--auth-required"] if auth_required else [])
+               str(self.port)] + (["--auth-required"] if auth_required else []) \
+            + (["--pure-python"] if pure_python else [])
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, env=repo_env(), cwd=REPO, stdout=log,
                                             stderr=subprocess.STDOUT)
@@ -339,6 +315,7 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
     shutil.copytree(data, scratch / "svc-nice0")
     if not quick:
         shutil.copytree(data, scratch / "svc-auth")
+        shutil.copytree(data, scratch / "svc-h11")
     job_ids = seeded["job_ids"]
     spec_body = json.dumps(SPEC).encode()
 
@@ -383,7 +360,16 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
             for name, fn in endpoints:
                 phases[f"{name}, trainers at nice 0 (same priority as the API)"] = \
                     server.phase(fn, limit(name), phase_s)
-    if not quick:
+    if not quick:  # the same load on uvicorn's pure-Python HTTP stack, side by side
+        with _Server(scratch / "svc-h11", scratch / "server-h11.log",
+                     pure_python=True) as server:
+            load_phase(server.url, status, 200, 3.0)
+            with busy_trainers(2, nice=nice):
+                time.sleep(1.0)
+                for name, fn in endpoints:
+                    phases[f"{name}, trainers at nice {nice}, uvicorn on h11 + asyncio "
+                           "(before httptools + uvloop)"] = server.phase(fn, limit(name),
+                                                                         phase_s)
         token = _token_for(scratch / "svc-auth", "bench")
         headers = {"Authorization": f"Bearer {token}"}
 

@@ -5,15 +5,14 @@ stack, and the driver's imports timed in a fresh interpreter."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bench.common import PY, REPO, repo_env
+from bench.pyspy import read_collapsed
 
 
 def _driver_pid(job_id: str) -> int | None:
@@ -83,33 +82,8 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def parse_pyspy(path: Path) -> dict[str, Any]:
     """Aggregate py-spy's raw (collapsed) stacks: samples per category and top own frames."""
-    if not path.exists():
-        return {}
-    by_cat: Counter[str] = Counter()
-    own: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not count_s.isdigit():
-            continue
-        count = int(count_s)
-        total += count
-        if not stack.strip():
-            by_cat["no Python frame (native code)"] += count
-            continue
-        for name, needles in CATEGORIES:
-            if any(n in stack for n in needles):
-                by_cat[name] += count
-                break
-        else:
-            by_cat["other"] += count
-        frames = stack.split(";")
-        for frame in reversed(frames):
-            if re.search(r"\((workers|service|search_spaces)/", frame):
-                own[re.sub(r":\d+\)$", ")", frame)] += count
-                break
-    return {"total": total, "rate": DriverProfiler.RATE, "categories": dict(by_cat),
-            "own_frames": own.most_common(8)}
+    profile = read_collapsed(path, CATEGORIES)
+    return {**profile, "rate": DriverProfiler.RATE} if profile else {}
 
 
 def measure_driver_imports() -> dict[str, float]:

@@ -210,3 +210,25 @@ def test_b2_end_to_end_specs_rows_and_verdict() -> None:
     raw["runs"][1] = _e2e_run("population", 128, 64, 10.0, completed=127)
     short = e2e.rows(raw)
     assert not short["population"]["ok"] and not e2e.verdict(short, 3.0)[0]
+
+
+def test_pyspy_collapsed_stacks_are_read_one_way(tmp_path) -> None:
+    """The one reader B1 and B5 share: first matching category wins, stacks without a
+    Python frame are counted as native, own frames lose their line numbers."""
+    from bench.pyspy import read_collapsed, shares
+
+    raw = tmp_path / "p.raw"
+    raw.write_text("main (a.py:1);get (service/api/jobs.py:10);execute (sqlalchemy/x.py:5) 6\n"
+                   "main (a.py:1);get (service/api/jobs.py:12) 2\n"
+                   " 1\n"
+                   "garbage line\n"
+                   "main (a.py:1);run (uvicorn/server.py:3) 1\n")
+    categories = [("store", ("(sqlalchemy/",)), ("service", ("(service/",)),
+                  ("uvicorn", ("(uvicorn/",))]
+    profile = read_collapsed(raw, categories, r"\((service)/")
+    assert profile["total"] == 10
+    assert profile["categories"] == {"store": 6, "service": 2, "uvicorn": 1,
+                                     "no Python frame (native code)": 1}
+    assert profile["own_frames"] == [("get (service/api/jobs.py)", 8)]
+    assert shares(profile, "categories")[0] == ["store", 60.0]
+    assert read_collapsed(tmp_path / "missing.raw", categories) == {}

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
