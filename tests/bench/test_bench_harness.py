@@ -232,3 +232,24 @@ def test_pyspy_collapsed_stacks_are_read_one_way(tmp_path) -> None:
     assert profile["own_frames"] == [("get (service/api/jobs.py)", 8)]
     assert shares(profile, "categories")[0] == ["store", 60.0]
     assert read_collapsed(tmp_path / "missing.raw", categories) == {}
+
+
+def test_open_loop_latency_counts_from_when_the_request_was_due() -> None:
+    """A server slower than the offered rate shows up as growing latency (no
+    coordinated omission); the closed loop, at the same service time, does not."""
+    import time
+    from types import SimpleNamespace
+
+    from bench.load import load_phase, open_loop_phase
+
+    def slow(client, i):  # a 20 ms answer; the client is never used
+        time.sleep(0.02)
+        return SimpleNamespace(status_code=200)
+
+    url = "http://127.0.0.1:9"
+    open_ = open_loop_phase(url, slow, rate=100.0, seconds=0.2, threads=1)
+    closed = load_phase(url, slow, max_requests=20, max_seconds=5.0, concurrency=1)
+    assert open_["requests"] == closed["requests"] == 20 and open_["ok"] == 20
+    # 20 requests due 10 ms apart, served 20 ms each: the last waits ~190 ms for its turn.
+    assert open_["max"] > 150 and closed["max"] < 100
+    assert open_["offered_rps"] == 100.0
