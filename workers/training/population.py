@@ -201,8 +201,10 @@ class PopulationTrainer:
             raise ValueError(f"member {member_index} is not active (active: {self.active})")
         self._keep([k for k in range(len(self._members)) if k != positions[0]])
 
-    def _keep(self, rows: list[int]) -> None:
-        """Compact all per-member state to ``rows`` (positions, ascending)."""
+    def _keep(self, rows: list[int], members: list[_Member] | None = None) -> None:
+        """Compact all per-member state to ``rows`` (positions); a position given twice
+        copies that row (how a shared-prefix population forks a member off its trunk),
+        and ``members`` are then the records of the new rows."""
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
 
         def take(tensors: list[Tensor] | None, grad: bool) -> list[Tensor] | None:
@@ -215,7 +217,7 @@ class PopulationTrainer:
         self._momentum = take(self._momentum, False)
         self._exp_avg = take(self._exp_avg, False)
         self._exp_avg_sq = take(self._exp_avg_sq, False)
-        self._members = [self._members[k] for k in rows]
+        self._members = [self._members[k] for k in rows] if members is None else members
         self._hyper_cache.clear()
 
     # --- RNG -------------------------------------------------------------------------
