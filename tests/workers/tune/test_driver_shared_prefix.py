@@ -46,7 +46,8 @@ def test_shared_prefix_members_are_trials_recorded_per_epoch_with_fewer_steps(ha
     assert all(t.status in ("completed", "stopped") for t in trials)
     assert all(t.iteration in (1, 2) for t in stopped)  # stops happen at rungs
 
-    # Every member's every epoch, in its own MLflow run, equals training it alone.
+    # Every member's every epoch, in its own MLflow run, equals training it alone (within
+    # the population tolerance: each prefix group trains batched by default).
     parsed = validate_spec(spec)
     history = harness.history(job, "val_accuracy")
     losses = harness.history(job, "val_loss")
@@ -56,11 +57,11 @@ def test_shared_prefix_members_are_trials_recorded_per_epoch_with_fewer_steps(ha
         expected = [alone.train_epoch() for _ in range(trial.iteration)]
         assert [s for s, _ in history[trial.trial_id]] == list(range(1, trial.iteration + 1))
         assert [v for _, v in history[trial.trial_id]] == pytest.approx(
-            [m["val_accuracy"] for m in expected], rel=1e-6)
+            [m["val_accuracy"] for m in expected], rel=1e-4)
         assert [v for _, v in losses[trial.trial_id]] == pytest.approx(
-            [m["val_loss"] for m in expected], rel=1e-6)
+            [m["val_loss"] for m in expected], rel=1e-4)
         assert trial.metrics["val_accuracy"] == pytest.approx(expected[-1]["val_accuracy"],
-                                                              rel=1e-6)
+                                                              rel=1e-4)
     runs = harness.mlflow.search_runs(
         [job.mlflow_experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{job.mlflow_parent_run_id}'")

@@ -1,5 +1,6 @@
 """search.share_prefixes: a population trial trains shared prefixes once and reports
-every member's every epoch exactly as independent training gives it.
+every member's every epoch as independent training gives it: exactly with
+exact_prefixes, within the population tolerance when the group is batched (default).
 
 In-process (no Ray): ``train_members`` is fed to the driver's own per-unit dedup
 (``reporting._Units`` through ``member_units``), so what is checked is what the
@@ -30,7 +31,7 @@ T = 18
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _spec(scheduler: str = "none", epochs: int = 3) -> SearchSpec:
+def _spec(scheduler: str = "none", epochs: int = 3, exact: bool = True) -> SearchSpec:
     return SearchSpec.model_validate({
         "name": "shared", "task": "digits", "objective": {"metric": "val_accuracy"},
         "model": {"name": "mlp", "hidden_sizes": [16]},
@@ -39,7 +40,7 @@ def _spec(scheduler: str = "none", epochs: int = 3) -> SearchSpec:
                   "reg_lambda": {"low": 1e-4, "high": 1e-2, "log": True},
                   "l1_ratio": 0.5},
         "search": {"algorithm": "random", "population": 8, "share_prefixes": True,
-                   "scheduler": scheduler, "grace_period": 1, "reduction_factor": 2}})
+                   "exact_prefixes": exact, "scheduler": scheduler, "grace_period": 1, "reduction_factor": 2}})
 
 
 @dataclass
@@ -173,3 +174,60 @@ def test_early_stopped_members_end_at_rungs_and_a_restart_skips_finished_members
     again = restarted.run(setups, copy.deepcopy(saved))
     assert saved.done and again.steps < stats.steps  # finished members are not retrained
     assert restarted.records == whole.records  # the same outcome, every epoch once
+
+
+def _close(got: list[dict[str, float]], expected: list[dict[str, float]]) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert set(a) == set(b) and (a["epoch"], a["step"]) == (b["epoch"], b["step"])
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_batched_groups_report_every_member_within_tolerance_for_the_same_steps() -> None:
+    """The default: a prefix group trains as one batched population forking rows off a
+    batched trunk, for the compute of the exact plan and several times less time."""
+    spec = _spec(exact=False)
+    starts = [0, 3, 6, 7, 11, 12, 17, 40]
+    configs = _configs(starts, [1e-3, 1e-2, 1e-3, 3e-3, 1e-4, 1e-2, 1e-3, 1e-3])
+    setups = _setups(spec, configs)
+    recorder = _Recorder(spec, configs)
+    stats = recorder.run(setups)
+    assert stats.shared_members == list(range(8)) and not stats.batched_members
+    assert "batched with shared prefixes" in stats.plan
+    for i, setup in enumerate(setups):
+        got = recorder.records[f"t0-m{i}"]
+        assert [e for e, _ in got] == [1, 2, 3]
+        _close([m for _, m in got], _independent(setup))
+    forks = [min(s, T) for s in starts]
+    assert stats.steps == T + sum(T - f for f in forks if f < T)  # the same member-steps
+    assert stats.independent_steps == 8 * T
+    final = recorder.results[-1]
+    assert final["prefix_steps"] == stats.steps and final["members_active"] == 0
+
+
+def test_batched_groups_stop_at_rungs_and_a_restart_skips_finished_members(
+        tmp_path: Path) -> None:
+    spec = _spec("asha", epochs=4, exact=False)
+    starts = [2, 5, 8, 14, 20, 23, 9, 30]
+    configs = _configs(starts, [1e-2, 1e-4, 3e-2, 1e-3, 1e-2, 1e-4, 3e-2, 1e-3])
+    setups = _setups(spec, configs)
+    whole = _Recorder(spec, configs)
+    stats = whole.run(setups)
+    lengths = {u: len(r) for u, r in whole.records.items()}
+    assert len(lengths) == 8 and min(lengths.values()) < 4 and max(lengths.values()) == 4
+    assert all(n in (1, 2, 4) for n in lengths.values())
+    for i, setup in enumerate(setups):
+        got = [m for _, m in whole.records[f"t0-m{i}"]]
+        _close(got, _independent(setup)[:len(got)])
+    assert stats.steps < stats.independent_steps
+    at, saved = whole.checkpoints[len(whole.checkpoints) // 2]
+    restarted = _Recorder(spec, configs)
+    for result in whole.results[:at + 2]:
+        restarted.record(result)
+    again = restarted.run(setups, copy.deepcopy(saved))
+    assert saved.done and again.steps < stats.steps
+    assert {u: [e for e, _ in r] for u, r in restarted.records.items()} == \
+        {u: [e for e, _ in r] for u, r in whole.records.items()}
+    for unit, records in whole.records.items():
+        _close([m for _, m in restarted.records[unit]], [m for _, m in records])
