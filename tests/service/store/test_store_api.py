@@ -158,75 +158,6 @@ class TestJobs:
                                  "cancelled"), 0))
         assert store.job_and_trial_counts("x\x00")[0] is None
 
-    def test_queue_snapshot_matches_the_full_jobs(self, store):
-        a = make_job(store, owner="alice")
-        b = make_job(store, owner="bob")
-        c = make_job(store, owner="alice")
-        assert store.transition(b.id, from_statuses={"queued"}, to="running")
-        queued, running, last = store.queue_snapshot()
-        assert [(q.id, q.owner) for q in queued] == \
-            [(j.id, j.owner) for j in store.queued_jobs()]
-        assert [q.id for q in queued] == [a.id, c.id]
-        assert sorted(queued, key=lambda q: q.created_at) == queued  # sorts as it came
-        assert [(r.id, r.started_at) for r in running] == \
-            [(b.id, store.get_job(b.id).started_at)]
-        assert last == store.last_started_by_owner()
-
-    def test_queue_counts_match_the_queue(self, store):
-        """The aggregate answer equals the one derived from the whole queue, ties included."""
-        from service.store.base import JobStore
-        from service.store.schema import jobs
-
-        made = [make_job(store, owner=o) for o in ("alice", "bob", "carol", "alice", "bob",
-                                                   "carol", "alice")]
-        assert store.transition(made[4].id, from_statuses={"queued"}, to="running")
-        # carol's and bob's oldest queued jobs made in the same instant, before alice's:
-        # the older row (bob's) goes first, as in queue_snapshot.
-        same = made[0].created_at - timedelta(seconds=5)
-        with store.engine.begin() as conn:
-            for j in (made[1], made[2]):
-                conn.execute(jobs.update().where(jobs.c.id == j.id).values(created_at=same))
-        for j in made:
-            got = store.queue_counts(j.id)
-            if j is made[4]:
-                assert got is None
-                continue
-            ref = JobStore.queue_counts(store, j.id)
-            assert (got.owner, got.nth, got.backlog, got.last_started) == \
-                (ref.owner, ref.nth, ref.backlog, ref.last_started)
-            assert [(r.owner, r.started_at) for r in got.running] == \
-                [(r.owner, r.started_at) for r in ref.running]
-        assert list(store.queue_counts(made[0].id).backlog.items()) == \
-            [("bob", 1), ("carol", 2), ("alice", 3)]
-        assert store.queue_counts(made[6].id).nth == 3
-        assert store.queue_counts("0123456789ab") is None
-        assert store.queue_counts("x\x00") is None
-
-    def test_queue_counts_is_one_snapshot_while_the_job_is_picked(self, store):
-        """The supervisor starts the job between queue_counts' first statement and the
-        rest: the answer is the queue as it was (PostgreSQL's default isolation gave
-        nth 0 and a 500 on GET /v1/jobs/{id})."""
-        from service.store.queries import QUEUED_JOB
-
-        mine, other = make_job(store, owner="alice"), make_job(store, owner="bob")
-        picked: list[bool] = []
-
-        def pick_now(conn, cursor, statement, parameters, context, executemany):
-            if not picked and context.compiled is not None \
-                    and context.compiled.statement is QUEUED_JOB:
-                picked.append(store.transition(mine.id, from_statuses={"queued"},
-                                               to="running"))
-
-        sa.event.listen(store.engine, "after_cursor_execute", pick_now)
-        try:
-            counts = store.queue_counts(mine.id)
-        finally:
-            sa.event.remove(store.engine, "after_cursor_execute", pick_now)
-        assert picked == [True] and store.get_job(mine.id).status == "running"
-        assert counts.nth == 1 and counts.backlog == {"alice": 1, "bob": 1}
-        assert store.queue_counts(mine.id) is None  # and now it is out of the queue
-        assert store.queue_counts(other.id).backlog == {"bob": 1}
-
     def test_list_jobs_newest_first_and_filters(self, store):
         a1 = make_job(store, owner="alice")
         b1 = make_job(store, owner="bob")
@@ -300,23 +231,6 @@ class TestJobs:
             store.transition(job.id, from_statuses={"waiting"}, to="running")
         assert store.transition(job.id, from_statuses=set(), to="running") is False
         assert store.get_job(job.id).status == "queued"
-
-    def test_queued_jobs_oldest_first(self, store):
-        jobs = [make_job(store, owner=o) for o in ("alice", "bob", "alice", "carol")]
-        store.transition(jobs[1].id, from_statuses={"queued"}, to="running")
-        assert [j.id for j in store.queued_jobs()] == [jobs[0].id, jobs[2].id, jobs[3].id]
-
-    def test_last_started_by_owner(self, store):
-        assert store.last_started_by_owner() == {}
-        a1, a2, b1 = make_job(store, owner="alice"), make_job(store, owner="alice"), \
-            make_job(store, owner="bob")
-        make_job(store, owner="carol")  # never started: absent
-        t1, t2, t3 = (datetime(2025, 1, d, tzinfo=timezone.utc) for d in (1, 2, 3))
-        store.transition(a2.id, from_statuses={"queued"}, to="running", started_at=t2)
-        store.transition(a2.id, from_statuses={"running"}, to="succeeded")  # finished counts
-        store.transition(a1.id, from_statuses={"queued"}, to="running", started_at=t1)
-        store.transition(b1.id, from_statuses={"queued"}, to="running", started_at=t3)
-        assert store.last_started_by_owner() == {"alice": t2, "bob": t3}
 
     def test_count_jobs_by_status(self, store):
         assert store.count_jobs_by_status() == dict.fromkeys(JOB_STATUSES, 0)
