@@ -19,9 +19,10 @@ the last to need a row of its own, so it can stand for all the others until they
 fork. A member that has not forked reports the trunk's metrics, which are its own.
 
 Results match :class:`PopulationTrainer` on the same setups within the population's
-tolerance (the same operations, on fewer rows at a time). Not supported yet:
-checkpoints (the Tune trainable uses PopulationTrainer's), so the driver does not
-use this class; it is measured in bench B3.
+tolerance (the same operations, on fewer rows at a time). Checkpoints are
+PopulationTrainer's plus which members still wait on the trunk. The population
+trainable with ``search.share_prefixes`` trains each prefix group with it
+(``workers.tune.shared_prefix``); bench B3 measures it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import torch
 
 from workers.training.population import PopulationTrainer
 from workers.training.population_ops import make_member
+from workers.training.population_state import (load_population_state, member_state,
+                                                population_state)
 from workers.training.prefix import prefix_key
 from workers.training.setup import TrialSetup
 
@@ -108,11 +111,25 @@ class SharedPrefixPopulation(PopulationTrainer):
         return [dict(by_member.get(i, trunk)) for i in self._logical]
 
     def state_dict(self) -> dict[str, Any]:
-        raise NotImplementedError("checkpoints of a shared-prefix population are not "
-                                  "supported; use PopulationTrainer where they are needed")
+        """The rows (as PopulationTrainer's checkpoint) and which members wait on the trunk."""
+        return {**population_state(self), "shared": {
+            "trunk": self._trunk, "pending": [list(p) for p in self._pending],
+            "logical": list(self._logical), "row_steps": self.row_steps}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.state_dict()
+        if "shared" not in state:
+            raise ValueError("not a shared-prefix population checkpoint")
+        load_population_state(self, state)
+        shared = state["shared"]
+        self._trunk = int(shared["trunk"])
+        self._pending = [(int(f), int(i)) for f, i in shared["pending"]]
+        self._logical = [int(i) for i in shared["logical"]]
+        self.row_steps = int(shared["row_steps"])
 
     def member_state_dict(self, member_index: int) -> dict[str, Any]:
-        return self.state_dict()
+        """As PopulationTrainer's; a member still on the trunk has the trunk's state (its
+        optimizer settings are the trunk member's too: they are part of the prefix key)."""
+        if member_index not in self._logical:
+            raise ValueError(f"member {member_index} is not active (active: {self.active})")
+        rows = {m.index for m in self._members}
+        return member_state(self, member_index if member_index in rows else self._trunk)

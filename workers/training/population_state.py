@@ -31,7 +31,7 @@ def population_state(pop: "PopulationTrainer") -> dict[str, Any]:
     return copy.deepcopy({
         "format": POPULATION_FORMAT,
         "structures": [s.structure() for s in pop.setups],
-        "members": pop.active,
+        "members": [m.index for m in pop._members],  # the rows' members
         "epoch": pop._epoch,
         "step": pop._step,
         "params": copies(pop._params),

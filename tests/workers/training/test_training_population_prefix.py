@@ -4,6 +4,7 @@ once must report what PopulationTrainer reports, for less compute."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.workers.training.test_training_population import ATOL, RTOL, _assert_close, _batched
 from workers.training.population import PopulationTrainer
@@ -68,8 +69,37 @@ def test_members_must_share_their_prefix(make_setup, cpu) -> None:
     other = make_setup(params={"reg_start_step": 3, "lr": 0.05}, train=TRAIN)
     with pytest.raises(ValueError, match="prefix_key"):
         SharedPrefixPopulation([*setups, other], cpu)
-    with pytest.raises(NotImplementedError):
-        SharedPrefixPopulation(setups, cpu).state_dict()
+    with pytest.raises(ValueError, match="not a shared-prefix"):
+        SharedPrefixPopulation(setups, cpu).load_state_dict(
+            PopulationTrainer(setups, cpu).state_dict())
+
+
+def test_checkpoint_mid_run_continues_exactly(make_setup, cpu, tmp_path) -> None:
+    """Saved after epoch 1 (some members forked, some waiting, one stopped), restored
+    into a fresh population: the rest is what the uninterrupted run reports, bit for bit."""
+    setups = _setups(make_setup)
+    whole = SharedPrefixPopulation(setups, cpu)
+    first = whole.train_epoch()
+    whole.stop(3)
+    whole.save(tmp_path)
+    assert 1 < whole.rows < len(STARTS) and whole._pending  # mid-way through the forks
+    restored = SharedPrefixPopulation(setups, cpu)
+    restored.restore(tmp_path)
+    assert restored.active == whole.active and restored.rows == whole.rows
+    assert _batched(restored) == _batched(whole)
+    assert restored.row_steps == whole.row_steps and restored.done
+    assert len(first) == len(STARTS)
+
+
+def test_a_waiting_member_exports_the_trunks_state(make_setup, cpu) -> None:
+    setups = _setups(make_setup)
+    shared = SharedPrefixPopulation(setups, cpu)
+    shared.train_epoch()  # 12 steps: members starting at 13 and later still wait
+    waiting, trunk = shared.member_state_dict(5), shared.member_state_dict(7)
+    assert waiting.keys() == trunk.keys()
+    assert all(torch.equal(waiting["model"][k], trunk["model"][k]) for k in trunk["model"])
+    forked = shared.member_state_dict(0)
+    assert any(not torch.equal(forked["model"][k], trunk["model"][k]) for k in trunk["model"])
 
 
 def test_tolerance_is_the_populations() -> None:
