@@ -96,21 +96,10 @@ def _setups(epochs: int, sampled: list[dict[str, Any]]) -> list[Any]:
     return [build_setup(spec, spec.resolve_params(p)) for p in sampled]
 
 
-def _max_rel(a: list[list[dict[str, float]]], b: list[list[dict[str, float]]]) -> float:
-    """The largest relative deviation of b from a (batched runs are not bit-identical)."""
-    worst = 0.0
-    for ha, hb in zip(a, b):
-        if len(ha) != len(hb):
-            return math.inf
-        for ma, mb in zip(ha, hb):
-            for key in ma:
-                x, y = float(ma[key]), float(mb.get(key, math.nan))
-                if x != y and not (math.isnan(x) and math.isnan(y)):
-                    worst = max(worst, abs(x - y) / max(abs(x), 1e-12))
-    return worst
-
-
-def _max_diff(a: list[list[dict[str, float]]], b: list[list[dict[str, float]]]) -> float:
+def _max_dev(a: list[list[dict[str, float]]], b: list[list[dict[str, float]]],
+             relative: bool = False) -> float:
+    """The largest deviation of b from a over every metric of every epoch (inf if their
+    shapes differ); relative: ÷ |a| (batched runs are not bit-identical)."""
     worst = 0.0
     for ha, hb in zip(a, b):
         if len(ha) != len(hb):
@@ -120,9 +109,17 @@ def _max_diff(a: list[list[dict[str, float]]], b: list[list[dict[str, float]]]) 
                 return math.inf
             for key in ma:
                 x, y = float(ma[key]), float(mb[key])
-                if not (math.isnan(x) and math.isnan(y)):
-                    worst = max(worst, abs(x - y))
+                if x != y and not (math.isnan(x) and math.isnan(y)):
+                    worst = max(worst, abs(x - y) / (max(abs(x), 1e-12) if relative else 1.0))
     return worst
+
+
+def _max_diff(a: list[list[dict[str, float]]], b: list[list[dict[str, float]]]) -> float:
+    return _max_dev(a, b)
+
+
+def _max_rel(a: list[list[dict[str, float]]], b: list[list[dict[str, float]]]) -> float:
+    return _max_dev(a, b, relative=True)
 
 
 def measure_layout(epochs: int, sampled: list[dict[str, Any]]) -> dict[str, Any]:

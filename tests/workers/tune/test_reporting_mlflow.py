@@ -19,6 +19,22 @@ def result(epoch: int, acc: float) -> dict[str, Any]:
             "node_id": "n1", "gpu_ids": ""}
 
 
+def lingering_callback(tmp_path: Path, name: str) -> tuple[Any, Any, str]:
+    """An MLflowTrialCallback whose writer lingers an hour (epochs stay queued unless
+    something hurries it), a trial, and the tracking URI."""
+    from workers.tune.reporting import MlflowTrialCallback
+    from workers.tune.tracking import ParentRun
+
+    spec = validate_spec(tiny(name))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = ParentRun(uri, (tmp_path / "artifacts").as_uri(), "0123456789ab", spec, "o")
+    cb = MlflowTrialCallback(uri, parent.experiment_id, parent.run_id, "0123456789ab", spec,
+                             interval_s=3600.0)
+    trial = SimpleNamespace(trial_id="t0", config={"reg_lambda": 1e-3, "l1_ratio": 0.5},
+                            last_result={})
+    return cb, trial, uri
+
+
 def test_callbacks_record_runs_metrics_statuses_and_survive_a_restore(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -103,16 +119,7 @@ def test_a_snapshot_counts_only_epochs_mlflow_has(tmp_path: Path) -> None:
     finished trial is flushed before the job store hears it finished."""
     from mlflow.tracking import MlflowClient
 
-    from workers.tune.reporting import MlflowTrialCallback
-    from workers.tune.tracking import ParentRun
-
-    spec = validate_spec(tiny("report-snapshot"))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    parent = ParentRun(uri, (tmp_path / "artifacts").as_uri(), "0123456789ab", spec, "o")
-    cb = MlflowTrialCallback(uri, parent.experiment_id, parent.run_id, "0123456789ab", spec,
-                             interval_s=3600.0)  # the writer lingers: epochs stay queued
-    trial = SimpleNamespace(trial_id="t0", config={"reg_lambda": 1e-3, "l1_ratio": 0.5},
-                            last_result={})
+    cb, trial, uri = lingering_callback(tmp_path, "report-snapshot")
     trial.last_result = result(1, 0.5)
     cb.on_trial_result(0, [], trial, trial.last_result)
     assert cb.run_id("t0") is not None  # a new run is made at once, with epoch 1
@@ -136,16 +143,7 @@ def test_a_checkpoint_waits_until_mlflow_has_every_epoch_before_it(tmp_path: Pat
     before it: those must be written before Tune records the checkpoint."""
     from mlflow.tracking import MlflowClient
 
-    from workers.tune.reporting import MlflowTrialCallback
-    from workers.tune.tracking import ParentRun
-
-    spec = validate_spec(tiny("report-checkpoint"))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    parent = ParentRun(uri, (tmp_path / "artifacts").as_uri(), "0123456789ab", spec, "o")
-    cb = MlflowTrialCallback(uri, parent.experiment_id, parent.run_id, "0123456789ab", spec,
-                             interval_s=3600.0)  # the writer lingers: epochs stay queued
-    trial = SimpleNamespace(trial_id="t0", config={"reg_lambda": 1e-3, "l1_ratio": 0.5},
-                            last_result={})
+    cb, trial, uri = lingering_callback(tmp_path, "report-checkpoint")
     for epoch in (1, 2, 3):
         trial.last_result = result(epoch, 0.5 + 0.1 * epoch)
         cb.on_trial_result(0, [], trial, trial.last_result)
