@@ -177,7 +177,8 @@ def run_rounds(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks:
                  job.num_trials)
 
 
-def _close_orphans(store: Any, job_id: str, mlflow_client: Any = None) -> None:
+def _close_orphans(store: Any, job_id: str, mlflow_client: Any = None,
+                   experiment_id: str | None = None) -> None:
     """Trials a killed driver ran that the restored experiment does not know never come back.
 
     Tune uploads its experiment snapshot to the storage path from a background thread
@@ -185,18 +186,29 @@ def _close_orphans(store: Any, job_id: str, mlflow_client: Any = None) -> None:
     restarted driver finds can predate trials that had started (or be a mix of two
     snapshots). Those trials are marked failed, with why, and later rounds replace
     them; their MLflow runs are ended FAILED, not left RUNNING in the UI for ever.
+    A run made in the background after the trial's row was written is not in the
+    store: it is found by its tags.
     """
-    for trial in store.list_trials(job_id):
-        if trial.status in ("pending", "running"):
-            store.upsert_trial(job_id, trial.trial_id, status="failed")
-            store.add_event(job_id, "trial_failed", {"trial_id": trial.trial_id,
-                                                     "error": "lost when the driver restarted"})
-            if mlflow_client is not None and trial.mlflow_run_id:
-                try:
-                    mlflow_client.set_terminated(trial.mlflow_run_id, "FAILED")
-                except Exception:  # noqa: BLE001 - the job's answer matters more
-                    log.exception("could not end the MLflow run of lost trial %s",
-                                  trial.trial_id)
+    lost = {t.trial_id: t.mlflow_run_id for t in store.list_trials(job_id)
+            if t.status in ("pending", "running")}
+    for trial_id in lost:
+        store.upsert_trial(job_id, trial_id, status="failed")
+        store.add_event(job_id, "trial_failed", {"trial_id": trial_id,
+                                                 "error": "lost when the driver restarted"})
+    if mlflow_client is None or not lost:
+        return
+    try:
+        runs = {run_id for run_id in lost.values() if run_id}
+        if experiment_id is not None and len(runs) < len(lost):
+            for found in mlflow_client.search_runs(
+                    [experiment_id], filter_string=f"tags.`regtune.job_id` = '{job_id}' "
+                                                   "and attributes.status = 'RUNNING'"):
+                if found.data.tags.get("regtune.trial_id") in lost:
+                    runs.add(found.info.run_id)
+        for run_id in sorted(runs):
+            mlflow_client.set_terminated(run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the job's answer matters more
+        log.exception("could not end the MLflow runs of lost trials %s", sorted(lost))
 
 
 def run(job_id: str) -> int:
@@ -241,7 +253,7 @@ def run(job_id: str) -> int:
         run_rounds(spec, job, store, settings, [mlflow_cb, store_cb])
         if not mlflow_cb.close():  # every queued MLflow write done before the answer
             log.warning("some MLflow writes of job %s were not made (see above)", job_id)
-        _close_orphans(store, job_id, mlflow_cb.client)
+        _close_orphans(store, job_id, mlflow_cb.client, parent.experiment_id)
         answer = select(spec, store.list_trials(job_id))
         parent.finish(answer, "FINISHED")
         if store.transition(job_id, from_statuses={"running"}, to="succeeded", best=answer):

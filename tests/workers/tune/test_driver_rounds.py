@@ -87,28 +87,42 @@ def test_an_unreadable_searcher_state_is_detected(tmp_path):
 
 def test_lost_trials_are_failed_with_why_and_their_mlflow_runs_ended(store) -> None:
     """Trials the restored experiment never brought back: failed in the store (with an
-    event saying why) and FAILED in MLflow, not RUNNING for ever; finished ones untouched."""
+    event saying why) and FAILED in MLflow, not RUNNING for ever, whether the store knew
+    the run's id or the run was made after the trial's row (found by its tags)."""
     job = job_of(store, 3)
     store.upsert_trial(job.id, "done", status="completed", iteration=2, mlflow_run_id="r-done")
     store.upsert_trial(job.id, "lost", status="running", iteration=1, mlflow_run_id="r-lost")
-    store.upsert_trial(job.id, "early", status="running", iteration=1)  # no run made yet
+    store.upsert_trial(job.id, "early", status="running", iteration=1)  # run id never stored
     ended: list[tuple[str, str]] = []
+    searched: list[tuple[list[str], str]] = []
+
+    def run(run_id: str, trial_id: str) -> SimpleNamespace:
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id),
+                               data=SimpleNamespace(tags={"regtune.trial_id": trial_id}))
 
     class Client:
+        broken = False
+
+        def search_runs(self, experiments: list[str], filter_string: str) -> list:
+            searched.append((experiments, filter_string))
+            return [run("r-early", "early"), run("r-other-job", "elsewhere")]
+
         def set_terminated(self, run_id: str, status: str) -> None:
-            if run_id == "r-broken":
+            if self.broken:
                 raise RuntimeError("MLflow is down")
             ended.append((run_id, status))
 
-    driver._close_orphans(store, job.id, Client())
+    driver._close_orphans(store, job.id, Client(), "exp-1")
     statuses = {t.trial_id: t.status for t in store.list_trials(job.id)}
     assert statuses == {"done": "completed", "lost": "failed", "early": "failed"}
-    assert ended == [("r-lost", "FAILED")]
+    assert sorted(ended) == [("r-early", "FAILED"), ("r-lost", "FAILED")]
+    assert searched and searched[0][0] == ["exp-1"] and job.id in searched[0][1]
     failed = [e.payload for e in store.events_since(job.id) if e.kind == "trial_failed"]
     assert sorted(p["trial_id"] for p in failed) == ["early", "lost"]
     assert {p["error"] for p in failed} == {"lost when the driver restarted"}
-    # An MLflow failure does not stop the rest from being closed.
-    store.upsert_trial(job.id, "other", status="running", iteration=1,
-                       mlflow_run_id="r-broken")
-    driver._close_orphans(store, job.id, Client())
+    # An MLflow failure does not stop the trials from being closed in the store.
+    store.upsert_trial(job.id, "other", status="running", iteration=1, mlflow_run_id="r-o")
+    broken = Client()
+    broken.broken = True
+    driver._close_orphans(store, job.id, broken, "exp-1")
     assert {t.trial_id: t.status for t in store.list_trials(job.id)}["other"] == "failed"
