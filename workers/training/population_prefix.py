@@ -54,7 +54,7 @@ class SharedPrefixPopulation(PopulationTrainer):
         self._trunk = forks[-1][1]
         #: (fork step, member index) of members still on the trunk, ascending.
         self._pending: list[tuple[int, int]] = forks[:-1]
-        self._logical = sorted(range(len(setups)))
+        self._logical = list(range(len(setups)))
         #: Σ over steps of the rows trained: the compute, in member-steps.
         self.row_steps = 0
         self._keep([self._trunk])

@@ -173,46 +173,39 @@ class SharedStats:
     batched_members: list[int] = field(default_factory=list)
     plan: str = ""
 
+    def add(self, other: Any) -> None:
+        """Add another run's compute (SharedStats, or run_plan's PlanRun)."""
+        self.steps += other.steps
+        self.independent_steps += other.independent_steps
+        self.evaluations += other.evaluations
+        self.forks += other.forks
 
-def _batched(setups: Sequence[Any], members: list[int], device: Any, on_epoch: Callable
-             ) -> SharedStats | None:
-    """Train ``members`` as one batched population; None when they cannot be batched."""
+
+def _batched(setups: Sequence[Any], members: list[int], device: Any, on_epoch: Callable,
+             shared: bool = False) -> SharedStats | None:
+    """Train ``members`` as one batched population, or with ``shared`` as one
+    SharedPrefixPopulation (one prefix group); None when they cannot be batched."""
     from workers.training.population import PopulationTrainer
-
-    try:
-        population = PopulationTrainer([setups[i] for i in members], device)
-    except ValueError:
-        return None
-    stats, reached = SharedStats(batched_members=list(members)), {}
-    while not population.done and population.active:
-        active = population.active
-        for position, metrics in zip(active, population.train_epoch()):
-            reached[position] = int(metrics["step"])
-            stats.evaluations += 1
-            if on_epoch(members[position], metrics) is False:
-                population.stop(position)
-    stats.steps = stats.independent_steps = sum(reached.values())
-    return stats
-
-
-def _batched_shared(setups: Sequence[Any], members: list[int], device: Any,
-                    on_epoch: Callable) -> SharedStats | None:
-    """Train one prefix group as a SharedPrefixPopulation; None when it cannot be batched."""
     from workers.training.population_prefix import SharedPrefixPopulation
 
+    kind = SharedPrefixPopulation if shared else PopulationTrainer
     try:
-        population = SharedPrefixPopulation([setups[i] for i in members], device)
+        population = kind([setups[i] for i in members], device)
     except ValueError:
         return None
-    stats, reached = SharedStats(shared_members=list(members)), {}
+    stats, reached = SharedStats(), {}
     while not population.done:
         for position, metrics in zip(population.active, population.train_epoch()):
             reached[position] = int(metrics["step"])
             stats.evaluations += 1
             if on_epoch(members[position], metrics) is False:
                 population.stop(position)
-    stats.steps, stats.independent_steps = population.row_steps, sum(reached.values())
-    stats.forks = len(members) - 1
+    stats.independent_steps = sum(reached.values())
+    if shared:
+        stats.steps, stats.forks = population.row_steps, len(members) - 1
+        stats.shared_members = list(members)
+    else:
+        stats.steps, stats.batched_members = stats.independent_steps, list(members)
     return stats
 
 
@@ -249,20 +242,14 @@ def train_members(spec: SearchSpec, setups: Sequence[Any], device: Any, emit: Em
     if not spec.search.exact_prefixes:  # each group as one batched population, if it can be
         for group in list(trees):
             left = [i for i in group.members if i not in progress.done]
-            done = _batched_shared(setups, left, device, on_epoch) if len(left) > 1 else None
+            done = (_batched(setups, left, device, on_epoch, shared=True)
+                    if len(left) > 1 else None)
             if done is not None:
                 trees.remove(group)
                 shared += group.members
-                stats.steps += done.steps
-                stats.independent_steps += done.independent_steps
-                stats.evaluations += done.evaluations
-                stats.forks += done.forks
-    run = run_plan(PrefixPlan(setups=full.setups, groups=tuple(trees)), on_epoch, device,
-                   skip=progress.done)
-    stats.steps += run.steps
-    stats.independent_steps += run.independent_steps
-    stats.evaluations += run.evaluations
-    stats.forks += run.forks
+                stats.add(done)
+    stats.add(run_plan(PrefixPlan(setups=full.setups, groups=tuple(trees)), on_epoch, device,
+                       skip=progress.done))
     stats.shared_members = sorted(shared + [i for g in trees for i in g.members])
     stats.plan = PrefixPlan(setups=full.setups, groups=tuple(trees)).describe() + (
         f"\nbatched with shared prefixes: members {sorted(shared)}" if shared else "")

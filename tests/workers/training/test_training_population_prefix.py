@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.workers.training.test_training_population import ATOL, RTOL, _assert_close, _batched
+from tests.workers.training.test_training_population import _assert_close, _batched
 from workers.training.population import PopulationTrainer
 from workers.training.population_prefix import SharedPrefixPopulation
 
@@ -101,6 +101,3 @@ def test_a_waiting_member_exports_the_trunks_state(make_setup, cpu) -> None:
     forked = shared.member_state_dict(0)
     assert any(not torch.equal(forked["model"][k], trunk["model"][k]) for k in trunk["model"])
 
-
-def test_tolerance_is_the_populations() -> None:
-    assert (RTOL, ATOL) == (1e-4, 1e-6)  # the promise documented in docs/training.md

@@ -91,6 +91,20 @@ def _setups(spec: SearchSpec, configs: list[dict[str, Any]]) -> list[Any]:
     return [build_setup(spec, trial_params(spec, c)) for c in configs]
 
 
+def _asha_run(exact: bool) -> tuple[SearchSpec, list, list, "_Recorder", Any]:
+    """8 members under ASHA over 4 epochs, run whole; checks that stops happen at rungs."""
+    spec = _spec("asha", epochs=4, exact=exact)
+    starts = [2, 5, 8, 14, 20, 23, 9, 30]
+    configs = _configs(starts, [1e-2, 1e-4, 3e-2, 1e-3, 1e-2, 1e-4, 3e-2, 1e-3])
+    setups = _setups(spec, configs)
+    whole = _Recorder(spec, configs)
+    stats = whole.run(setups)
+    lengths = {u: len(r) for u, r in whole.records.items()}
+    assert len(lengths) == 8 and min(lengths.values()) < 4 and max(lengths.values()) == 4
+    assert all(n in (1, 2, 4) for n in lengths.values())  # stops happen at rungs
+    return spec, configs, setups, whole, stats
+
+
 def test_every_member_and_epoch_is_reported_exactly_as_independent_training() -> None:
     spec = _spec()
     starts = [0, 3, 6, 7, 11, 12, 17, 40]  # mid-epoch forks, a boundary, one never starting
@@ -146,15 +160,7 @@ def test_arrival_rungs_follow_ashas_cutoff() -> None:
 
 def test_early_stopped_members_end_at_rungs_and_a_restart_skips_finished_members(
         tmp_path: Path) -> None:
-    spec = _spec("asha", epochs=4)
-    starts = [2, 5, 8, 14, 20, 23, 9, 30]
-    configs = _configs(starts, [1e-2, 1e-4, 3e-2, 1e-3, 1e-2, 1e-4, 3e-2, 1e-3])
-    setups = _setups(spec, configs)
-    whole = _Recorder(spec, configs)
-    stats = whole.run(setups)
-    lengths = {u: len(r) for u, r in whole.records.items()}
-    assert len(lengths) == 8 and min(lengths.values()) < 4 and max(lengths.values()) == 4
-    assert all(n in (1, 2, 4) for n in lengths.values())  # stops happen at rungs
+    spec, configs, setups, whole, stats = _asha_run(exact=True)
     for i, setup in enumerate(setups):
         alone = _independent(setup)
         got = [m for _, m in whole.records[f"t0-m{i}"]]
@@ -208,15 +214,7 @@ def test_batched_groups_report_every_member_within_tolerance_for_the_same_steps(
 
 def test_batched_groups_stop_at_rungs_and_a_restart_skips_finished_members(
         tmp_path: Path) -> None:
-    spec = _spec("asha", epochs=4, exact=False)
-    starts = [2, 5, 8, 14, 20, 23, 9, 30]
-    configs = _configs(starts, [1e-2, 1e-4, 3e-2, 1e-3, 1e-2, 1e-4, 3e-2, 1e-3])
-    setups = _setups(spec, configs)
-    whole = _Recorder(spec, configs)
-    stats = whole.run(setups)
-    lengths = {u: len(r) for u, r in whole.records.items()}
-    assert len(lengths) == 8 and min(lengths.values()) < 4 and max(lengths.values()) == 4
-    assert all(n in (1, 2, 4) for n in lengths.values())
+    spec, configs, setups, whole, stats = _asha_run(exact=False)
     for i, setup in enumerate(setups):
         got = [m for _, m in whole.records[f"t0-m{i}"]]
         _close(got, _independent(setup)[:len(got)])
