@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "B4": "bench.b4_sample_efficiency",
     "B5": "bench.b5_api_load",
     "B6": "bench.b6_tracking",
+    "B7": "bench.b7_gpu",
 }
 
 

@@ -96,7 +96,8 @@ def _worker_init() -> None:
     load_task("digits").load({}, None)  # import scikit-learn and warm the loader
 
 
-def _job_unbatched(setups: list[Any]) -> dict[str, Any]:
+def _job_unbatched(setups: list[Any], device: str = "cpu") -> dict[str, Any]:
+    """One trial after another; ``device``: B7 runs the same on a GPU."""
     import torch
 
     from workers.training import Trainer
@@ -104,7 +105,7 @@ def _job_unbatched(setups: list[Any]) -> dict[str, Any]:
     cpu0, wall0 = time.process_time(), time.perf_counter()
     histories = []
     for setup in setups:
-        trainer = Trainer(setup, torch.device("cpu"))
+        trainer = Trainer(setup, torch.device(device))
         history = []
         while not trainer.done:
             history.append(trainer.train_epoch())
@@ -113,7 +114,8 @@ def _job_unbatched(setups: list[Any]) -> dict[str, Any]:
             "histories": histories}
 
 
-def _job_population(populations: list[list[Any]]) -> dict[str, Any]:
+def _job_population(populations: list[list[Any]], device: str = "cpu") -> dict[str, Any]:
+    """Each list of setups as one batched population, in turn."""
     import torch
 
     from workers.training.population import PopulationTrainer
@@ -121,7 +123,7 @@ def _job_population(populations: list[list[Any]]) -> dict[str, Any]:
     cpu0, wall0 = time.process_time(), time.perf_counter()
     histories = []
     for setups in populations:
-        pop = PopulationTrainer(setups, torch.device("cpu"))
+        pop = PopulationTrainer(setups, torch.device(device))
         per_member: list[list[dict[str, float]]] = [[] for _ in setups]
         while not pop.done:
             for index, metrics in zip(pop.active, pop.train_epoch()):

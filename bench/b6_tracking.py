@@ -230,11 +230,12 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
                 notes.append(f"{label}, background writer CPU by MLflow call (ms in all, "
                              f"{len(c['epoch'])} results of {n} trials): " + ", ".join(
                                  f"{k} {1e3 * v:.1f}" for k, v in c["writer"]["by_call"].items()))
-    notes.append("'Trial waits' in the background rows is mostly on_trial_complete: it "
-                 "flushes the writer, so a finished trial's epochs are in MLflow before the "
-                 "job store calls it finished (a driver restarted after that moment never "
-                 "runs the trial again, so nothing else would write them). Per result the "
-                 "hooks only enqueue (the per-result column).")
+    notes.append("'Trial waits' in the background rows: every hook only enqueues; neither a "
+                 "checkpoint nor a trial's completion waits for MLflow (a driver that takes "
+                 "over a killed one copies what MLflow lacks from the job store: "
+                 "workers/tune/backfill.py). The writer's work is done in the background, "
+                 "where here it shares this process, and its GIL, with the training (the "
+                 "epoch column), and at the round's end (the driver waits at round end).")
     share_ok = all(cpu <= GOAL_SHARE for _, _, cpu in shares)
     for label, wait, cpu in shares:
         notes.append(f"{label}, background writer: trials wait {100 * wait:.2f}% of epoch "

@@ -205,7 +205,11 @@ class Search(_Strict):
     #: a multi-objective search stops nothing early).
     scheduler: str | None = None
     seed: int | None = Field(0, ge=0, le=2**31 - 1)
-    grace_period: int = Field(1, ge=1)  # epochs before a scheduler may stop a trial
+    #: Epochs before a scheduler may stop a trial. None: a third of train.epochs,
+    #: rounded up (SearchSpec.grace_epochs). A one-epoch grace ranks trials before a
+    #: slowly converging loss (Smooth-L1 with a small delta) or a late-starting penalty
+    #: shows what it does, and stops the eventual best (bench B4 compares both).
+    grace_period: int | None = Field(None, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
     perturbation_interval: int = Field(2, ge=1)  # pbt/pb2: epochs between exploit/explore
     warm_start: WarmStart | None = None
@@ -318,6 +322,13 @@ class SearchSpec(_Strict):
         if self.search.algorithm in catalog.POPULATION_ALGORITHMS:
             return self.search.algorithm
         return "none" if self.objective.multi else "asha"
+
+    @property
+    def grace_epochs(self) -> int:
+        """The scheduler's grace period in epochs: the spec's, else ⌈epochs / 3⌉."""
+        if self.search.grace_period is not None:
+            return min(self.search.grace_period, self.train.epochs)
+        return max(1, -(-self.train.epochs // 3))
 
     def grid_axes(self) -> dict[str, list[Scalar]]:
         """The grid algorithm's axes (every searched parameter is a Choices there)."""

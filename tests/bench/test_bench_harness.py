@@ -253,3 +253,42 @@ def test_open_loop_latency_counts_from_when_the_request_was_due() -> None:
     # 20 requests due 10 ms apart, served 20 ms each: the last waits ~190 ms for its turn.
     assert open_["max"] > 150 and closed["max"] < 100
     assert open_["offered_rps"] == 100.0
+
+
+def test_b3_relative_deviation_holds_differences_to_their_terms() -> None:
+    from bench.b3_prefix import _max_dev
+
+    a = [[{"train_loss": 0.5, "val_loss": 0.4998, "loss_gap": -0.0002}]]
+    b = [[{"train_loss": 0.50000001, "val_loss": 0.4998, "loss_gap": -0.00019999}]]
+    rel = _max_dev(a, b, relative=True)
+    assert rel == pytest.approx(0.00000001 / 0.5)  # the gap's 5e-5 is not counted
+    assert _max_dev(a, b, only=frozenset({"loss_gap"})) == pytest.approx(1e-8)
+    b[0][0]["val_loss"] = 0.5  # a real deviation in a term is still caught
+    assert _max_dev(a, b, relative=True) == pytest.approx(0.0002 / 0.4998)
+    assert _max_dev(a, [[{"train_loss": 0.5}]]) == math.inf  # shapes differ
+
+
+def test_b7_gpu_path_runs_on_any_device_and_reports_not_run_without_cuda() -> None:
+    import torch
+
+    from bench import b7_gpu
+
+    threads = torch.get_num_threads()
+    try:
+        raw = b7_gpu.measure("cpu", quick=True)
+    finally:
+        torch.set_num_threads(threads)
+    pops, packing = raw["populations"], raw["packing"]
+    assert [r["k"] for r in pops] == [None, 4, 8]
+    assert all(r["dev"][0] <= 1e-4 for r in pops)  # populations within float tolerance
+    # Packed processes train the very trials of the first row, mapped back in order.
+    assert [r["processes"] for r in packing] == [1, 2]
+    assert all(r["dev"] == (0.0, 0.0) for r in packing)
+    pop_table, pack_table = b7_gpu.tables(raw, "cpu")
+    assert pop_table["rows"][0][5] == pytest.approx(1.0)
+    assert pack_table["rows"][0][5] == pytest.approx(1.0)
+    assert all(len(r) == len(pack_table["columns"]) for r in pack_table["rows"])
+    if not torch.cuda.is_available():
+        result = check_result(b7_gpu.run(True, Path("/nonexistent")))
+        assert result["met"] is None and not result["tables"]
+        assert "no CUDA device" in result["notes"][0]

@@ -110,6 +110,21 @@ def test_planned_trials_caps_grid_at_its_size() -> None:
     assert tpe.planned_trials() == 7
 
 
+@pytest.mark.parametrize("epochs, grace, expected", [
+    (10, None, 4), (16, None, 6), (3, None, 1), (1, None, 1),  # a third, rounded up
+    (16, 1, 1), (16, 5, 5), (4, 9, 4),  # the spec's own, capped at the epochs
+])
+def test_grace_epochs_default_is_a_third_of_the_run(epochs: int, grace: int | None,
+                                                    expected: int) -> None:
+    search = {} if grace is None else {"grace_period": grace}
+    spec = load_spec(json.dumps({**BASE, "train": {"epochs": epochs}, "search": search}))
+    assert spec.grace_epochs == expected
+
+
+def test_grace_period_below_one_names_the_field() -> None:
+    assert "search.grace_period" in errors({**BASE, "search": {"grace_period": 0}})
+
+
 def test_spec_round_trips_through_json() -> None:
     spec = load_spec_file("search_spaces/demo.yaml")
     again = SearchSpec.model_validate(json.loads(spec.model_dump_json()))

@@ -71,6 +71,29 @@ def batches(metrics: list[Any], params: list[Any], tags: list[Any]
     return out
 
 
+def child_run_tags(parent_run_id: str, job_id: str, unit: str) -> dict[str, str]:
+    """The tags of a trial's (or member's) run under the job's parent run."""
+    return {"mlflow.parentRunId": parent_run_id, "regtune.job_id": job_id,
+            "regtune.trial_id": unit, "mlflow.runName": unit}
+
+
+def job_runs(search: Callable[..., Any], experiment_id: str, job_id: str) -> dict[str, Any]:
+    """trial id -> the job's child run, every page of them; ``search`` is a client's
+    ``search_runs`` (the writer passes it wrapped in its retries)."""
+    runs: dict[str, Any] = {}
+    token = None
+    while True:
+        page = search([experiment_id], filter_string=f"tags.`regtune.job_id` = '{job_id}'",
+                      max_results=1000, page_token=token)
+        for run in page:
+            trial_id = run.data.tags.get("regtune.trial_id")
+            if trial_id:
+                runs.setdefault(trial_id, run)
+        token = getattr(page, "token", None)
+        if not token:
+            return runs
+
+
 class MlflowWriter:
     """One daemon thread writing the child runs of one job; see the module docstring.
 
@@ -313,24 +336,14 @@ class MlflowWriter:
         (a PBT trial's config may have changed since; MLflow refuses changed params).
         """
         if self._known is None:  # one search per writer, not one per trial
-            self._known = {}
-            token = None
-            while True:
-                page = self._call("search_runs", client.search_runs, [self.experiment_id],
-                                  filter_string=f"tags.`regtune.job_id` = '{self.job_id}'",
-                                  max_results=1000, page_token=token)
-                for run in page:
-                    trial_id = run.data.tags.get("regtune.trial_id")
-                    if trial_id:
-                        self._known.setdefault(trial_id, run.info.run_id)
-                token = getattr(page, "token", None)
-                if not token:
-                    break
+            found_runs = job_runs(
+                lambda *a, **kw: self._call("search_runs", client.search_runs, *a, **kw),
+                self.experiment_id, self.job_id)
+            self._known = {trial_id: run.info.run_id for trial_id, run in found_runs.items()}
         found = self._known.get(unit)
         if found is None:
-            tags = {"mlflow.parentRunId": self.parent_run_id, "regtune.job_id": self.job_id,
-                    "regtune.trial_id": unit, "mlflow.runName": unit}
-            run = self._call("create_run", client.create_run, self.experiment_id, tags=tags,
+            run = self._call("create_run", client.create_run, self.experiment_id,
+                             tags=child_run_tags(self.parent_run_id, self.job_id, unit),
                              run_name=unit)
             self._known[unit] = run.info.run_id
         with self._cond:

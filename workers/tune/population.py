@@ -128,7 +128,7 @@ class MemberRungs:
         self.metric, self.mode = spec.objective.objectives()[0]
         self.factor = spec.search.reduction_factor
         self.rungs: set[int] = set()
-        epoch = spec.search.grace_period
+        epoch = spec.grace_epochs
         while epoch < spec.train.epochs:
             self.rungs.add(int(epoch))
             epoch = math.ceil(epoch * self.factor)

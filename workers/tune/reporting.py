@@ -97,8 +97,8 @@ class MlflowTrialCallback(Callback):
     #
     # Epochs still queued are not yet in MLflow: the snapshot counts a unit as
     # recorded only up to the epoch the writer has written, so a restored driver logs
-    # the rest again when the trial re-runs them (a finished trial was flushed at its
-    # end, see _finish).
+    # the rest again when the trial re-runs them; epochs no trial re-runs (before its
+    # checkpoint, or of a finished trial) come from the job store (backfill.py).
     def __getstate__(self) -> dict[str, Any]:
         units = self._units
         if self._writer is not None:
@@ -158,31 +158,13 @@ class MlflowTrialCallback(Callback):
             self.writer.log(unit, numeric_metrics(metrics), now, epoch, tags,
                             open_params=self._to_open(unit, params))
 
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
-                      **info: Any) -> None:
-        """A checkpoint is where a restored trial resumes: the epochs up to it are never
-        re-run, so they must be in MLflow before Tune records the checkpoint (it does,
-        right after this hook, and its next experiment snapshot carries it). Without
-        this a driver killed while epoch 1 was still queued lost epoch 1 for good
-        (caught in CI by tests/e2e/test_resume.py). Trials checkpoint after their first
-        and last epochs and every few seconds, so this waits rarely; a few ms when it does.
-        """
-        if self._writer is None:
-            return
-        written = self._writer.written
-        if any(written.get(unit, 0) < self._units.epochs.get(unit, 0)
-               for unit, _, _ in member_units(self.spec, trial, trial.last_result)):
-            self._writer.flush(timeout=30.0)
-
     def _finish(self, trial: Any, status: str) -> None:
         now = int(time.time() * 1000)
         for unit, params, _ in member_units(self.spec, trial, trial.last_result):
             # open_params: a trial that failed before its first result gets a run too
             self.writer.terminate(unit, status, now, open_params=self._to_open(unit, params))
-        # A finished trial is never run again, even by a restored driver: its epochs
-        # must be in MLflow before the job store (the next callback) calls it finished.
-        # Once per trial; a few milliseconds.
-        self.writer.flush(timeout=30.0)
+        # Not waited for: a driver killed before the writer wrote it leaves the job store
+        # with every epoch, and the driver that takes over copies them (backfill.py).
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "FINISHED")
@@ -234,15 +216,10 @@ class StoreTrialCallback(Callback):
             self._store = open_store(self.database_url)
         return self._store
 
-    def _run_id(self, unit: str, wait: bool = False) -> str | None:
-        """The unit's MLflow run id if made yet (made in the background); ``wait``: wait for it."""
-        if self.mlflow_cb is None:
-            return None
-        return self.mlflow_cb.run_id(unit) if wait else self.mlflow_cb.run_ids.get(unit)
-
-    def _ids(self, unit: str, wait: bool = False) -> dict[str, Any]:
-        """``mlflow_run_id`` for an upsert, only once known: None would erase a stored one."""
-        run_id = self._run_id(unit, wait)
+    def _ids(self, unit: str) -> dict[str, Any]:
+        """``mlflow_run_id`` for an upsert, only once known (the runs are made in the
+        background; None would erase a stored one)."""
+        run_id = None if self.mlflow_cb is None else self.mlflow_cb.run_ids.get(unit)
         if run_id is not None and self.best is not None and self.best["trial_id"] == unit \
                 and self.best.get("mlflow_run_id") != run_id:
             self.best = {**self.best, "mlflow_run_id": run_id}  # best before its run was made
@@ -296,8 +273,9 @@ class StoreTrialCallback(Callback):
         for unit, params, metrics in member_units(self.spec, trial, trial.last_result):
             done = int(metrics.get("epoch", 0) or 0)
             final = status or ("completed" if done >= self.spec.train.epochs else "stopped")
-            writes.append((unit, dict(status=final, config=params,
-                                      **self._ids(unit, wait=True))))
+            # The run id if made yet: not waited for (a population's K runs can still be
+            # in the making); on_experiment_end links the rest once the writer is flushed.
+            writes.append((unit, dict(status=final, config=params, **self._ids(unit))))
             events.append(("trial_" + final,
                            {"trial_id": unit, "iterations": done, **payload}))
         self.store.record(self.job_id, trials=writes, events=events)
@@ -307,3 +285,23 @@ class StoreTrialCallback(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "failed", error=str(getattr(trial, "error_msg", "") or "")[:2000])
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """End of a Tune round, after the MLflow callback flushed its writer (it comes
+        first in the driver's list): link the runs made after their trial's last write."""
+        try:
+            self.link_runs()
+        except Exception:  # noqa: BLE001 - Tune's clean-up must go on; the links are extra
+            log.exception("linking MLflow runs to the trials of job %s", self.job_id)
+
+    def link_runs(self) -> None:
+        if self.mlflow_cb is None:
+            return
+        known = self.mlflow_cb.run_ids
+        writes = [(t.trial_id, {"mlflow_run_id": known[t.trial_id]})
+                  for t in self.store.list_trials(self.job_id)
+                  if t.mlflow_run_id is None and t.trial_id in known]
+        if writes:
+            self.store.record(self.job_id, trials=writes)
+        if self.best is not None and self.best["trial_id"] in known:
+            self._ids(self.best["trial_id"])  # the answer so far names its run

@@ -1,7 +1,7 @@
 """Trial schedulers (early stopping): a name -> a small factory.
 
 All count time in epochs (Tune's ``training_iteration``: one report per epoch),
-so ``grace_period`` in the spec means epochs everywhere. Metric and mode are
+so the spec's grace period (``SearchSpec.grace_epochs``) means epochs everywhere. Metric and mode are
 given to the scheduler itself (not to TuneConfig), because a multi-objective
 search has no single TuneConfig metric: early stopping then follows the first
 objective.
@@ -29,7 +29,7 @@ def _asha(spec: SearchSpec) -> Any:
 
     max_t = spec.train.epochs
     return ASHAScheduler(time_attr=TIME_ATTR, max_t=max_t,
-                         grace_period=min(spec.search.grace_period, max_t),
+                         grace_period=spec.grace_epochs,
                          reduction_factor=spec.search.reduction_factor, **_target(spec))
 
 
@@ -43,7 +43,7 @@ def _hyperband(spec: SearchSpec) -> Any:
 def _median(spec: SearchSpec) -> Any:
     from ray.tune.schedulers import MedianStoppingRule
 
-    return MedianStoppingRule(time_attr=TIME_ATTR, grace_period=spec.search.grace_period,
+    return MedianStoppingRule(time_attr=TIME_ATTR, grace_period=spec.grace_epochs,
                               min_samples_required=3, **_target(spec))
 
 

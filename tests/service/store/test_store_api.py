@@ -317,6 +317,36 @@ class TestTrials:
         assert store.get_job(job.id).best == best
         assert store.record(job.id) == []
 
+    @pytest.mark.parametrize("repeat", [False, True])
+    def test_a_population_record_stores_what_row_by_row_calls_do(self, store, repeat):
+        # 6 members (the batched path from 4 on): 3 known, 3 new, two sets of columns;
+        # repeat: one id twice, which must apply in order (row by row).
+        batched, one_by_one = make_job(store), make_job(store)
+        ids = ["m0", "m1", "m2", "m3", "m4", "m5"] + (["m1"] if repeat else [])
+        writes = [(t, {"status": "running", "iteration": 2, "metrics": {"acc": i / 10},
+                       "objective": i / 10} if i % 2 else {"iteration": 3, "config": {"k": i}})
+                  for i, t in enumerate(ids)]
+        events = [("trial_result", {"trial_id": t, "n": i}) for i, t in enumerate(ids)]
+        for job in (batched, one_by_one):
+            for t in ("m4", "m0", "m2"):
+                store.upsert_trial(job.id, t, status="running", iteration=1, node="n1")
+            store.add_event(job.id, "round_started", {})
+        got = store.record(batched.id, trials=writes, events=events)
+        for trial_id, fields in writes:
+            store.upsert_trial(one_by_one.id, trial_id, **fields)
+        for kind, payload in events:
+            store.add_event(one_by_one.id, kind, payload)
+
+        def shape(trials):
+            return [(t.trial_id, t.index, t.status, t.config, t.metrics, t.iteration,
+                     t.objective, t.node) for t in trials]
+        if not repeat:  # row by row, a repeated id's first write returns its state then
+            assert shape(got) == shape(store.get_trial(batched.id, t) for t, _ in writes)
+        assert shape(store.list_trials(batched.id)) == shape(store.list_trials(one_by_one.id))
+        assert [(ev.seq, ev.kind, ev.payload) for ev in store.events_since(batched.id)] == \
+            [(ev.seq, ev.kind, ev.payload) for ev in store.events_since(one_by_one.id)]
+        assert store.add_event(batched.id, "tick", {}).seq == len(events) + 2  # counter kept
+
     def test_record_is_all_or_nothing(self, store):
         job = make_job(store)
         before = dump_database(store)

@@ -115,8 +115,8 @@ def test_callbacks_record_runs_metrics_statuses_and_survive_a_restore(tmp_path: 
 
 
 def test_a_snapshot_counts_only_epochs_mlflow_has(tmp_path: Path) -> None:
-    """Epochs still queued in the writer are not recorded for a restored driver; a
-    finished trial is flushed before the job store hears it finished."""
+    """Epochs still queued in the writer are not recorded for a restored driver; neither
+    a checkpoint nor a finished trial waits for MLflow (backfill.py covers a kill)."""
     from mlflow.tracking import MlflowClient
 
     cb, trial, uri = lingering_callback(tmp_path, "report-snapshot")
@@ -127,33 +127,41 @@ def test_a_snapshot_counts_only_epochs_mlflow_has(tmp_path: Path) -> None:
     for epoch in (2, 3):
         trial.last_result = result(epoch, 0.5 + 0.1 * epoch)
         cb.on_trial_result(0, [], trial, trial.last_result)
+    cb.on_checkpoint(0, [], trial, checkpoint=object())
     restored = pickle.loads(pickle.dumps(cb))
     assert cb._units.epochs["t0"] == 3
     assert restored._units.epochs["t0"] == 1  # 2 and 3 were only queued
 
-    cb.on_trial_complete(0, [], trial)  # flushes: nothing of the trial left queued
-    history = MlflowClient(uri).get_metric_history(cb.run_ids["t0"], "val_accuracy")
-    assert [m.step for m in history] == [1, 2, 3]
-    assert pickle.loads(pickle.dumps(cb))._units.epochs["t0"] == 3
-    assert cb.close()
-
-
-def test_a_checkpoint_waits_until_mlflow_has_every_epoch_before_it(tmp_path: Path) -> None:
-    """A restored trial resumes at its last checkpoint and never re-runs the epochs
-    before it: those must be written before Tune records the checkpoint."""
-    from mlflow.tracking import MlflowClient
-
-    cb, trial, uri = lingering_callback(tmp_path, "report-checkpoint")
-    for epoch in (1, 2, 3):
-        trial.last_result = result(epoch, 0.5 + 0.1 * epoch)
-        cb.on_trial_result(0, [], trial, trial.last_result)
-        if epoch == 1:  # the first epoch goes out with the new run; later ones linger
-            cb.on_checkpoint(0, [], trial, checkpoint=object())
-            assert cb.writer.written["t0"] == 1
+    cb.on_trial_complete(0, [], trial)  # enqueued, not waited for
     assert cb.writer.written["t0"] == 1
-    cb.on_checkpoint(0, [], trial, checkpoint=object())
-    assert cb.writer.written["t0"] == 3
+    assert cb.close()  # the round's end writes everything
     history = MlflowClient(uri).get_metric_history(cb.run_ids["t0"], "val_accuracy")
     assert [m.step for m in history] == [1, 2, 3]
-    assert pickle.loads(pickle.dumps(cb))._units.epochs["t0"] == 3
-    assert cb.close()
+    assert MlflowClient(uri).get_run(cb.run_ids["t0"]).info.status == "FINISHED"
+
+
+def test_a_trial_finished_before_its_run_was_made_is_linked_at_the_round_end(
+        tmp_path: Path) -> None:
+    """Completion does not wait for MLflow: a run made later is linked when the round ends."""
+    from service.store import open_store
+    from workers.tune.reporting import StoreTrialCallback
+
+    spec = validate_spec(tiny("report-link"))
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = open_store(db)
+    job, _ = store.create_job(name="l", owner="o", spec=spec.model_dump(mode="json"),
+                              num_trials=1)
+    mlflow_cb = SimpleNamespace(run_ids={})  # the writer has not made the run yet
+    cb = StoreTrialCallback(db, job.id, spec, mlflow_cb)
+    trial = SimpleNamespace(trial_id="t0", config={"reg_lambda": 1e-3, "l1_ratio": 0.5},
+                            last_result=result(3, 0.7))
+    for epoch in (1, 2, 3):
+        cb.on_trial_result(0, [], trial, result(epoch, 0.5 + 0.1 * epoch))
+    cb.on_trial_complete(0, [], trial)  # returns at once, without a run id
+    row = store.get_trial(job.id, "t0")
+    assert row.status == "completed" and row.mlflow_run_id is None
+    mlflow_cb.run_ids["t0"] = "f" * 32  # made by the writer, flushed at the round's end
+    cb.on_experiment_end([])
+    assert store.get_trial(job.id, "t0").mlflow_run_id == "f" * 32
+    assert store.get_job(job.id).best["mlflow_run_id"] == "f" * 32
+    store.close()

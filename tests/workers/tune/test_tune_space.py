@@ -85,3 +85,24 @@ def test_conditional_space_never_gives_gamma_to_cross_entropy() -> None:
 def test_every_scheduler_builds(name: str) -> None:
     scheduler = build_scheduler(spec_of(search={"scheduler": name}))
     assert scheduler is not None
+
+
+@pytest.mark.parametrize("name", ["asha", "median"])
+def test_schedulers_take_the_specs_grace_in_epochs(name: str) -> None:
+    default = build_scheduler(spec_of(train={"epochs": 12}, search={"scheduler": name}))
+    explicit = build_scheduler(spec_of(train={"epochs": 12},
+                                       search={"scheduler": name, "grace_period": 2}))
+    def grace(scheduler) -> int:  # ASHA keeps it as its first rung's milestone
+        if name == "asha":
+            return min(milestone for milestone, _ in scheduler._brackets[0]._rungs)
+        return scheduler._grace_period
+
+    assert grace(default) == 4  # ceil(12 / 3)
+    assert grace(explicit) == 2
+
+
+def test_population_rungs_start_at_the_grace() -> None:
+    from workers.tune.population import MemberRungs
+
+    rungs = MemberRungs(spec_of(train={"epochs": 12}, search={"population": 4}))
+    assert sorted(rungs.rungs) == [4, 8]
