@@ -226,6 +226,7 @@ def run(job_id: str) -> int:
     from search_spaces.selection import select
     from service.settings import get_settings
     from service.store import open_store
+    from workers.tune.recovery import MissingCheckpointGuard
     from workers.tune.reporting import MlflowTrialCallback, StoreTrialCallback
     from workers.tune.tracking import ParentRun
 
@@ -239,6 +240,9 @@ def run(job_id: str) -> int:
         print(f"regtune driver: job {job_id} is {job.status}, not running", file=sys.stderr)
         return 3
     spec = SearchSpec.model_validate(job.spec)
+    # Trials recorded before this driver started: an earlier one was killed, and what
+    # its MLflow writer still held is copied from the job store at the end (backfill).
+    taken_over = sum(store.count_trials_by_status(job_id).values()) > 0
     parent = mlflow_cb = None
     try:
         parent = ParentRun(settings.mlflow_uri, settings.artifact_root, job_id, spec, job.owner)
@@ -250,10 +254,15 @@ def run(job_id: str) -> int:
         store_cb = StoreTrialCallback(settings.database, job_id, spec, mlflow_cb)
         if not ray.is_initialized():  # tests run the driver inside an initialised Ray
             ray.init(address="auto", log_to_driver=False)
-        run_rounds(spec, job, store, settings, [mlflow_cb, store_cb])
+        # Pickled with each round's experiment: a restored round has them too.
+        run_rounds(spec, job, store, settings, [MissingCheckpointGuard(), mlflow_cb, store_cb])
         if not mlflow_cb.close():  # every queued MLflow write done before the answer
             log.warning("some MLflow writes of job %s were not made (see above)", job_id)
         _close_orphans(store, job_id, mlflow_cb.client, parent.experiment_id)
+        if taken_over:
+            from workers.tune.backfill import backfill
+
+            backfill(store, job_id, mlflow_cb.client, parent.experiment_id, parent.run_id)
         answer = select(spec, store.list_trials(job_id))
         parent.finish(answer, "FINISHED")
         if store.transition(job_id, from_statuses={"running"}, to="succeeded", best=answer):
