@@ -13,7 +13,9 @@ rests on them:
   visible, strictly in order, with no gaps and no retries;
 * job status changes are a single conditional UPDATE (compare-and-set).
 
-The schema is created and upgraded by Alembic when the store opens.
+The schema is created and upgraded by Alembic when the store opens. Users and
+tokens (:mod:`service.store.sql_users`) and the queue's reads
+(:mod:`service.store.sql_queue`) are mixins in modules of their own.
 """
 
 from __future__ import annotations
@@ -21,36 +23,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import IntegrityError
 
-from service.auth import generate_token, hash_token, token_prefix
 from service.store import entities as e
-from service.store.base import (JOB_UPDATABLE, TRIAL_FIELDS, Conflict, JobStore, NotFound,
-                                QueueCounts, StoreError)
+from service.store.base import JOB_UPDATABLE, TRIAL_FIELDS, JobStore, NotFound, StoreError
 from service.store import batch
 from service.store import queries as q
 from service.store.engine import BEGIN_OPTION, make_engine
 from service.store.fifo_lock import FifoLock
 from service.store.migrate import upgrade_connection
 from service.store.rows import (check_fields, check_name, check_strings, findable, new_job_id,
-                                statuses, to_event, to_job, to_trial, to_user, trial_values)
-from service.store.schema import events, jobs, tokens, trials, users
-
-
-class QueueEntry(NamedTuple):
-    """A job as the fair queue sees it (see :meth:`SqlJobStore.queue_snapshot`).
-
-    For a queued job ``created_at`` is its place in creation order (an int), for a
-    running job its creation time."""
-
-    id: str
-    owner: str
-    created_at: datetime | int
-    started_at: datetime | None
+                                statuses, to_event, to_job, to_trial, trial_values)
+from service.store.schema import events, jobs, trials
+from service.store.sql_queue import SqlQueue
+from service.store.sql_users import SqlUsers
 
 
 def _check_event_kind(kind: Any) -> None:
@@ -59,7 +49,7 @@ def _check_event_kind(kind: Any) -> None:
     check_strings(events, {"kind": kind})
 
 
-class SqlJobStore(JobStore):
+class SqlJobStore(SqlUsers, SqlQueue, JobStore):
     """A :class:`JobStore` on any SQLAlchemy URL regtune supports (SQLite, PostgreSQL).
 
     Safe to share between threads; each process should open its own (engines do
@@ -111,69 +101,6 @@ class SqlJobStore(JobStore):
 
     def close(self) -> None:
         self._engine.dispose()
-
-    # --- users and tokens ------------------------------------------------------------
-
-    def create_user(self, name: str, admin: bool = False) -> tuple[e.User, str]:
-        check_name(name, "user name")
-        check_strings(users, {"name": name})
-        token, now = generate_token(), e.utcnow()
-        try:
-            with self._write() as conn:
-                row = conn.execute(users.insert().values(
-                    name=name, admin=bool(admin), revoked=False, created_at=now,
-                ).returning(*users.c)).one()
-                self._insert_token(conn, row.id, token, now)
-        except IntegrityError as exc:
-            raise Conflict(f"user {name!r} already exists") from exc
-        return to_user(row), token
-
-    @staticmethod
-    def _insert_token(conn: Connection, user_id: int, token: str, now: datetime) -> None:
-        conn.execute(tokens.insert().values(user_id=user_id, token_hash=hash_token(token),
-                                            prefix=token_prefix(token), created_at=now))
-
-    def issue_token(self, name: str) -> str:
-        if not findable(name):
-            raise NotFound(f"no user {name!r}")
-        token, now = generate_token(), e.utcnow()
-        with self._write() as conn:
-            user_id = conn.execute(
-                users.update().where(users.c.name == name).values(revoked=False)
-                .returning(users.c.id)).scalar_one_or_none()
-            if user_id is None:
-                raise NotFound(f"no user {name!r}")
-            self._insert_token(conn, user_id, token, now)
-        return token
-
-    def authenticate(self, token: str) -> e.User | None:
-        if not isinstance(token, str) or not token:  # hashing makes any other string safe
-            return None
-        query = (sa.select(*users.c).join(tokens, tokens.c.user_id == users.c.id)
-                 .where(tokens.c.token_hash == hash_token(token), tokens.c.revoked_at.is_(None),
-                        users.c.revoked.is_(False)))
-        with self._read() as conn:
-            row = conn.execute(query).first()
-        return to_user(row) if row is not None else None
-
-    def list_users(self) -> list[e.User]:
-        with self._read() as conn:
-            return [to_user(r) for r in conn.execute(sa.select(*users.c).order_by(users.c.id))]
-
-    def revoke_user(self, name: str) -> bool:
-        if not findable(name):
-            return False
-        now = e.utcnow()
-        with self._write() as conn:
-            user_id = conn.execute(
-                users.update().where(users.c.name == name).values(revoked=True)
-                .returning(users.c.id)).scalar_one_or_none()
-            if user_id is None:
-                return False
-            conn.execute(tokens.update().where(tokens.c.user_id == user_id,
-                                               tokens.c.revoked_at.is_(None))
-                         .values(revoked_at=now))
-        return True
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -297,69 +224,6 @@ class SqlJobStore(JobStore):
                                   .where(jobs.c.id == job_id, jobs.c.status.in_(sources))
                                   .values(**values))
             return result.rowcount == 1
-
-    def queued_jobs(self) -> list[e.Job]:
-        query = sa.select(*jobs.c).where(jobs.c.status == e.QUEUED).order_by(jobs.c.pk)
-        with self._read() as conn:
-            return [to_job(r) for r in conn.execute(query)]
-
-    def queue_snapshot(self) -> tuple[list[QueueEntry], list[QueueEntry], dict[str, datetime]]:
-        # A few columns instead of whole jobs: decoding every queued job's spec made
-        # each submit cost O(queue) JSON parsing (bench B5). Queued jobs come in the
-        # order the fair queue sorts them (created_at, then insertion), and their
-        # created_at is their place in that order (0, 1, ...), which is all the fair
-        # queue uses it for, so no timestamp is decoded per queued job. One read
-        # transaction, so the three answers are one consistent snapshot.
-        queued_q = (sa.select(jobs.c.id, jobs.c.owner).where(jobs.c.status == e.QUEUED)
-                    .order_by(jobs.c.created_at, jobs.c.pk))
-        running_q = (sa.select(jobs.c.id, jobs.c.owner, jobs.c.created_at, jobs.c.started_at)
-                     .where(jobs.c.status == e.RUNNING).order_by(jobs.c.pk.desc()))
-        last_q = (sa.select(jobs.c.owner, sa.func.max(jobs.c.started_at))
-                  .where(jobs.c.started_at.is_not(None)).group_by(jobs.c.owner))
-        with self._read() as conn:
-            queued = [QueueEntry(job_id, owner, i, None)
-                      for i, (job_id, owner) in enumerate(conn.execute(queued_q))]
-            running = [QueueEntry(*r) for r in conn.execute(running_q)]
-            last = {owner: started for owner, started in conn.execute(last_q)}
-        return queued, running, last
-
-    def queue_counts(self, job_id: str) -> QueueCounts | None:
-        # Aggregates instead of the queue's rows: a submit answers with its job's place,
-        # and reading every queued job made that O(queue) (bench B5: 4 of a submit's 7 ms
-        # of CPU at 1,200 queued jobs). The order is queue_snapshot's: created_at, pk.
-        if not findable(job_id):
-            return None
-        with self._read() as conn:
-            me = conn.execute(q.QUEUED_JOB, {"job_id": job_id}).first()
-            if me is None:
-                return None
-            owner, created, pk = me
-            nth = conn.execute(q.NTH_OF_OWNER, {"owner": owner, "created": created,
-                                               "pk": pk}).scalar_one()
-            counts = conn.execute(q.BACKLOG).all()
-            oldest = {o: (first, 0) for o, _, first in counts}
-            firsts = [first for first, _ in oldest.values()]
-            for o, (first, _) in oldest.items():
-                if firsts.count(first) > 1:  # two users' oldest made in the same instant
-                    oldest[o] = (first, conn.execute(q.FIRST_PK, {"owner": o, "created": first})
-                                 .scalar_one())
-            running = conn.execute(q.RUNNING).all()
-            last = {o: started for o, started in conn.execute(q.LAST_STARTED)}
-        backlog = {o: n for o, n, _ in sorted(counts, key=lambda row: oldest[row[0]])}
-        return QueueCounts(owner, nth, backlog, running, last)
-
-    def count_jobs_by_status(self) -> dict[str, int]:
-        counts = dict.fromkeys(e.JOB_STATUSES, 0)
-        query = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
-        with self._read() as conn:
-            counts.update({status: n for status, n in conn.execute(query)})
-        return counts
-
-    def last_started_by_owner(self) -> dict[str, datetime]:
-        query = (sa.select(jobs.c.owner, sa.func.max(jobs.c.started_at))
-                 .where(jobs.c.started_at.is_not(None)).group_by(jobs.c.owner))
-        with self._read() as conn:
-            return {owner: started for owner, started in conn.execute(query)}
 
     # --- trials ---------------------------------------------------------------------------
 
