@@ -42,15 +42,14 @@ from workers.training import metrics as M
 from workers.training.device import select_device
 from workers.training.models import ModelShape, build_model
 from workers.training.penalties import penalized_weights
-from workers.training.population_ops import (BATCHABLE_LOSSES, _Member, _batched_loss, _classification_metrics,
-                                             _column, _regression_metrics, _rows,
-                                             _weight_metrics, adam_step, make_member,
-                                             sgd_step)
+from workers.training.population_ops import (BATCHABLE_LOSSES, _Member, _batched_loss, _column,
+                                             adam_step, make_member, sgd_step)
+from workers.training.population_eval import PopulationEvaluation
 from workers.training.population_state import (load_population_state, member_state,
                                                population_state)
 from workers.training.setup import TrialSetup
 from workers.training.tasks import load_task
-from workers.training.trainer import EVAL_CHUNK, ORDER_SEED_OFFSET
+from workers.training.trainer import ORDER_SEED_OFFSET
 
 POPULATION_FILE = "population.pt"
 #: Models a population can batch (stacks of ``nn.Linear`` with ReLU in between).
@@ -80,7 +79,7 @@ def group_compatible(setups: Sequence[TrialSetup]) -> list[list[int]]:
     return list(groups.values())
 
 
-class PopulationTrainer:
+class PopulationTrainer(PopulationEvaluation):
     """Trains K compatible setups as one batched model, one epoch per :meth:`train_epoch`.
 
     ``train_epoch()`` returns one metrics dict per *active* member, in the order
@@ -372,93 +371,6 @@ class PopulationTrainer:
     def _member_weights(self, position: int) -> list[Tensor]:
         return [w[position] for w in self._params[0::2]]
 
-    # --- evaluation --------------------------------------------------------------
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        """Every active member's outputs in eval mode: (K, N, n_outputs)."""
-        return self._predict(x).transpose(1, 2)
-
-    @torch.no_grad()
-    def _predict(self, x: Tensor) -> Tensor:
-        """Class-major eval-mode outputs (K, n_outputs, N).
-
-        Same arithmetic as the training forward, but the first layer is computed
-        row-major, xWᵀ of shape (N, K·H): for the ~1400-row evaluation that
-        orientation of the product is markedly faster on the CPU, while for the
-        small training batches (with a backward pass) the feature-major one is.
-        """
-        chunks = []
-        n_layers = len(self._params) // 2
-        w, b = self._params[0], self._params[1]
-        k, width = w.shape[0], w.shape[1]
-        for i in range(0, len(x), EVAL_CHUNK):
-            h = torch.addmm(b.reshape(-1), x[i:i + EVAL_CHUNK], w.reshape(k * width, -1).t())
-            if n_layers > 1:
-                h = h.relu_()  # in place while contiguous: much faster than on the view
-            h = h.reshape(-1, k, width).permute(1, 2, 0)  # (K, H, N), a strided view
-            for layer in range(1, n_layers):
-                w_l, b_l = self._params[2 * layer], self._params[2 * layer + 1]
-                h = torch.baddbmm(b_l.unsqueeze(2), w_l, h)
-                if layer < n_layers - 1:
-                    h = h.relu_()
-            chunks.append(h)
-        return torch.cat(chunks, dim=2)
-
-    @torch.no_grad()
-    def evaluate(self) -> list[dict[str, float]]:
-        """Each active member's metrics now, as ``Trainer.evaluate`` defines them.
-
-        The formulas are those of metrics.py and ``Trainer.evaluate``, evaluated
-        for all members at once (one tensor op per metric instead of K).
-        """
-        d = self.data
-        out_train, out_val = self._predict(d.x_train), self._predict(d.x_val)
-        factors = [m.schedule.factor(self._step - 1) if self._step > 0 else 0.0
-                   for m in self._members]
-        train_loss = self._eval_loss(out_train, d.y_train, factors)
-        val_loss = self._eval_loss(out_val, d.y_val, factors)
-        columns: dict[str, list[float]] = {"train_loss": train_loss, "val_loss": val_loss,
-                                           "loss_gap": [v - t for t, v in zip(train_loss,
-                                                                             val_loss)]}
-        if d.kind == "classification":
-            assert d.n_classes is not None
-            columns["train_accuracy"] = _rows(
-                (out_train.max(dim=1).indices == d.y_train).double().mean(dim=1))
-            columns.update(_classification_metrics(out_val, d.y_val, d.n_classes))
-        else:
-            columns.update(_regression_metrics(out_val.reshape(len(self._members), -1),
-                                               d.y_val))
-        columns.update(_weight_metrics(self._params[0::2],
-                                       [m.initial_norms for m in self._members]))
-        results = []
-        for k, factor in enumerate(factors):
-            result: dict[str, Any] = {"epoch": self._epoch, "step": self._step,
-                                      "reg_active": int(factor > 0.0)}
-            for name, values in columns.items():
-                result[name] = values[k]
-            results.append(result)
-        return results
-
-    def _eval_loss(self, out: Tensor, target: Tensor, factors: list[float]) -> list[float]:
-        """Each member's ``PredictionLoss(out, target, factor)`` averaged in float64."""
-        kind = self.setups[0].kind
-        result = [0.0] * len(self._members)
-        for name, rows, members in self._loss_groups():
-            group_out = out if rows is None else out.index_select(0, rows)
-            positions = list(range(len(members))) if rows is None else [int(r) for r in rows]
-            mixes = [m.blend * factors[p] for m, p in zip(members, positions)]
-            per_sample = _batched_loss(name, kind, members, group_out, target)
-            if any(mix != 0.0 for mix in mixes):
-                smooth = _batched_loss("smooth_l1", kind, members, group_out, target)
-                mix = _column(mixes, per_sample, 1)
-                blended = (1.0 - mix) * per_sample + mix * smooth
-                per_sample = torch.where(mix == 0.0, per_sample,
-                                         torch.where(mix == 1.0, smooth, blended))
-            for p, value in zip(positions, _rows(per_sample.double().mean(dim=1))):
-                result[p] = value
-        return result
-
     # --- checkpoints -------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -495,4 +407,5 @@ class PopulationTrainer:
         """
         return member_state(self, member_index)
 
-__all__ = ["BATCHABLE_LOSSES", "BATCHABLE_MODELS", "PopulationTrainer", "compatibility_key", "group_compatible"]
+__all__ = ["BATCHABLE_LOSSES", "BATCHABLE_MODELS", "PopulationTrainer", "compatibility_key",
+           "group_compatible"]
