@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from workers.training import Trainer
-from workers.training.prefix import (Snapshot, StepTrainer, plan, prefix_key, run_plan)
+from workers.training.prefix import plan, prefix_key, run_plan
+from workers.training.step_trainer import Snapshot, StepTrainer
 
 #: 1437 digits training rows / 128 = 12 steps per epoch, 48 steps in all.
 TRAIN = {"epochs": 4, "batch_size": 128, "lr": 0.1, "seed": 3}
