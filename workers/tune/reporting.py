@@ -140,13 +140,6 @@ class MlflowTrialCallback(Callback):
         self._opened.add(unit)
         return params
 
-    def run_id(self, unit: str, timeout: float = 30.0) -> str | None:
-        """The unit's run id; waits up to ``timeout`` if its run is still being made."""
-        found = self.run_ids.get(unit)
-        if found is None and self._writer is not None:
-            found = self._writer.run_id(unit, timeout)
-        return found
-
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         now = int(time.time() * 1000)

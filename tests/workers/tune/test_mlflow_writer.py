@@ -224,7 +224,7 @@ def test_the_callback_only_enqueues_pickles_without_its_writer_and_rebuilds_it(
     t = trial("t0")
     cb.on_trial_result(1, [], t, result(1, 0.5))
     cb.on_trial_result(1, [], t, result(1, 0.5))  # a repeated epoch is not logged twice
-    assert cb.run_id("t0") == "run-t0"
+    assert cb.writer.run_id("t0") == "run-t0"
     state = pickle.loads(pickle.dumps(cb))  # Tune's snapshot, while the writer runs
     assert state._writer is None and state.run_ids == {"t0": "run-t0"}
     cb.on_experiment_end([])  # end of the round: flushed and stopped

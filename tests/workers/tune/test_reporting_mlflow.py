@@ -122,7 +122,7 @@ def test_a_snapshot_counts_only_epochs_mlflow_has(tmp_path: Path) -> None:
     cb, trial, uri = lingering_callback(tmp_path, "report-snapshot")
     trial.last_result = result(1, 0.5)
     cb.on_trial_result(0, [], trial, trial.last_result)
-    assert cb.run_id("t0") is not None  # a new run is made at once, with epoch 1
+    assert cb.writer.run_id("t0") is not None  # a new run is made at once, with epoch 1
     cb.writer.flush()
     for epoch in (2, 3):
         trial.last_result = result(epoch, 0.5 + 0.1 * epoch)
