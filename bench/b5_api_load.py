@@ -408,10 +408,10 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         "requests (from /proc): what a request costs the API, whatever else the machine "
         "runs; the latencies and requests/s also depend on how much CPU the API gets.",
         "Submit answers with the new job's queue position, computed from per-user counts "
-        "(SqlJobStore.queue_counts: aggregate queries over covering indexes, then a closed "
-        "form in the number of users), no longer from every queued job; the aggregates "
-        "still scan the queued rows' index entries, and here the queue grows by every "
-        "submit of the phase (to about 2,000 jobs), since nobody starts jobs. Writes of the "
+        "(SqlJobStore.queue_counts: the queued jobs per owner that the store keeps with "
+        "every status change, each owner's oldest by an index seek, then a closed form in "
+        "the number of users), not from the queue, which here grows by every submit of "
+        "the phase (to about 2,000 jobs), since nobody starts jobs. Writes of the "
         "API process queue on one lock (SQLite has one writer), so submits do not sleep "
         "in SQLite's busy handler.",
         f"Goal: p99 < {GOAL_P99_MS:.0f} ms on submit, status and best under training load, "

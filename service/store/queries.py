@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from service.store import entities as e
-from service.store.schema import jobs, trials
+from service.store.schema import jobs, queue_owners, trials
 
 # Every job view.
 GET_JOB = sa.select(*jobs.c).where(jobs.c.id == sa.bindparam("job_id"))
@@ -35,3 +35,14 @@ FIRST_PK = sa.select(sa.func.min(jobs.c.pk)).where(
 RUNNING = sa.select(jobs.c.owner, jobs.c.started_at).where(jobs.c.status == e.RUNNING)
 LAST_STARTED = (sa.select(jobs.c.owner, sa.func.max(jobs.c.started_at))
                 .where(jobs.c.started_at.is_not(None)).group_by(jobs.c.owner))
+
+# The per-owner counts the store keeps (schema.queue_owners), each with its owner's
+# oldest queued job found by an index seek: one statement, O(users), not O(queue).
+_OLDEST = (sa.select(jobs.c.created_at).where(QUEUED, jobs.c.owner == queue_owners.c.owner)
+           .order_by(jobs.c.created_at, jobs.c.pk).limit(1).scalar_subquery())
+_OLDEST_PK = (sa.select(jobs.c.pk).where(QUEUED, jobs.c.owner == queue_owners.c.owner)
+              .order_by(jobs.c.created_at, jobs.c.pk).limit(1).scalar_subquery())
+KEPT_BACKLOG = sa.select(queue_owners.c.owner, queue_owners.c.queued, _OLDEST, _OLDEST_PK)
+NEWEST_OF_OWNER = (sa.select(jobs.c.created_at, jobs.c.pk)
+                   .where(QUEUED, jobs.c.owner == sa.bindparam("owner"))
+                   .order_by(jobs.c.created_at.desc(), jobs.c.pk.desc()).limit(1))

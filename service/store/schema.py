@@ -146,7 +146,16 @@ events = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
 
-ALL_TABLES = (users, tokens, jobs, trials, events)
+# Queued jobs per owner, kept by the store in the transaction that changes a job's
+# status (create_job, transition): a submit's queue position reads one row per user
+# with queued jobs instead of counting the queue (queue_counts; bench B5).
+queue_owners = sa.Table(
+    "regtune_queue_owners", metadata,
+    sa.Column("owner", sa.String(100), primary_key=True),
+    sa.Column("queued", sa.Integer, nullable=False),
+)
+
+ALL_TABLES = (users, tokens, jobs, trials, events, queue_owners)
 
 
 def is_regtune_table(name: str | None) -> bool:

@@ -39,7 +39,7 @@ from service.store.migrate import upgrade_connection
 from service.store.rows import (check_fields, check_name, check_strings, findable, new_job_id,
                                 statuses, to_event, to_job, to_trial, trial_values)
 from service.store.schema import events, jobs, trials
-from service.store.sql_queue import SqlQueue
+from service.store.sql_queue import SqlQueue, bump_queued
 from service.store.sql_users import SqlUsers
 
 
@@ -143,6 +143,7 @@ class SqlJobStore(SqlUsers, SqlQueue, JobStore):
                     if first_event is not None:
                         conn.execute(events.insert().values(
                             job_id=row.id, seq=1, kind=kind, payload=body, created_at=now))
+                    bump_queued(conn, owner, 1)
                     return to_job(row), True
             except IntegrityError as exc:
                 last = exc
@@ -219,11 +220,23 @@ class SqlJobStore(SqlUsers, SqlQueue, JobStore):
             values.setdefault("finished_at", None)
         if not sources or not findable(job_id):
             return False
+        # A job entering or leaving the queue changes its owner's kept count of queued
+        # jobs (queue_counts). With the queue among several sources, the job's status
+        # decides which, so the queue is tried alone first: each UPDATE is still a
+        # compare-and-set, and a concurrent change makes the first match nothing.
+        groups = [sources] if e.QUEUED not in sources or len(sources) == 1 else \
+            [{e.QUEUED}, sources - {e.QUEUED}]
         with self._write() as conn:
-            result = conn.execute(jobs.update()
-                                  .where(jobs.c.id == job_id, jobs.c.status.in_(sources))
-                                  .values(**values))
-            return result.rowcount == 1
+            for group in groups:
+                owner = conn.execute(jobs.update()
+                                     .where(jobs.c.id == job_id, jobs.c.status.in_(group))
+                                     .values(**values).returning(jobs.c.owner)).scalar()
+                if owner is not None:
+                    delta = int(to == e.QUEUED) - int(e.QUEUED in group)
+                    if delta:
+                        bump_queued(conn, owner, delta)
+                    return True
+            return False
 
     # --- trials ---------------------------------------------------------------------------
 

@@ -2,21 +2,28 @@
 
 A mixin: every submit asks for its job's place (:meth:`SqlQueue.queue_counts`)
 and the launcher for a snapshot of the queue, so these read a few columns or
-per-user aggregates, never every queued job's spec (bench B5 measures them).
+per-user counts, never every queued job's spec (bench B5 measures them). The
+counts of queued jobs per owner are kept in ``regtune_queue_owners`` by
+:func:`bump_queued`, in the transaction of every status change (``create_job``,
+``transition``), so a submit reads one row per user instead of counting the queue.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from service.store import entities as e
 from service.store import queries as q
 from service.store.base import QueueCounts
 from service.store.rows import findable, to_job
-from service.store.schema import jobs
+from service.store.schema import jobs, queue_owners
+
+log = logging.getLogger(__name__)
 
 
 class QueueEntry(NamedTuple):
@@ -62,29 +69,52 @@ class SqlQueue:
         return queued, running, last
 
     def queue_counts(self, job_id: str) -> QueueCounts | None:
-        # Aggregates instead of the queue's rows: a submit answers with its job's place,
-        # and reading every queued job made that O(queue) (bench B5: 4 of a submit's 7 ms
-        # of CPU at 1,200 queued jobs). The order is queue_snapshot's: created_at, pk.
+        # Counts instead of the queue's rows: a submit answers with its job's place.
+        # Reading every queued job, then counting the queue's index entries, made that
+        # O(queue) (1.42 ms of a submit's CPU at 2,000 queued jobs, bench B5); the store
+        # now keeps queued jobs per owner (schema.queue_owners, kept_backlog) and reads
+        # one row per user. The order is queue_snapshot's: created_at, pk.
         if not findable(job_id):
             return None
+        log_drift = False
         with self._read() as conn:
             me = conn.execute(q.QUEUED_JOB, {"job_id": job_id}).first()
             if me is None:
                 return None
             owner, created, pk = me
-            nth = conn.execute(q.NTH_OF_OWNER, {"owner": owner, "created": created,
-                                               "pk": pk}).scalar_one()
-            counts = conn.execute(q.BACKLOG).all()
-            oldest = {o: (first, 0) for o, _, first in counts}
-            firsts = [first for first, _ in oldest.values()]
-            for o, (first, _) in oldest.items():
-                if firsts.count(first) > 1:  # two users' oldest made in the same instant
-                    oldest[o] = (first, conn.execute(q.FIRST_PK, {"owner": o, "created": first})
-                                 .scalar_one())
+            rows = conn.execute(q.KEPT_BACKLOG).all()  # every owner that ever queued
+            counts = {o: n for o, n, first, _ in rows if first is not None}
+            # A count and its owner's oldest queued job agree on whether there is one.
+            agree = all((n > 0) == (first is not None) for _, n, first, _ in rows)
+            newest = tuple(conn.execute(q.NEWEST_OF_OWNER, {"owner": owner}).one())
+            # The owner's newest (every submit's own job) is its counts[owner]-th.
+            nth = counts.get(owner, 0) if newest == (created, pk) else conn.execute(
+                q.NTH_OF_OWNER, {"owner": owner, "created": created, "pk": pk}).scalar_one()
+            oldest = {o: (first, first_pk) for o, _, first, first_pk in rows
+                      if first is not None}
+            if not agree or not 1 <= nth <= counts.get(owner, 0):
+                # The kept counts disagree with the jobs (edited by hand, or a writer
+                # that does not keep them): answer from the jobs themselves.
+                log_drift = True
+                counts, oldest, nth = self._counted_backlog(conn, owner, created, pk)
             running = conn.execute(q.RUNNING).all()
             last = {o: started for o, started in conn.execute(q.LAST_STARTED)}
-        backlog = {o: n for o, n, _ in sorted(counts, key=lambda row: oldest[row[0]])}
+        if log_drift:
+            log.warning("the queue's kept per-owner counts disagree with the jobs; "
+                        "answered from the jobs (see SqlQueue.queue_counts)")
+        backlog = {o: counts[o] for o in sorted(counts, key=lambda o: oldest[o])}
         return QueueCounts(owner, nth, backlog, running, last)
+
+    @staticmethod
+    def _counted_backlog(conn: Any, owner: str, created: Any, pk: int
+                         ) -> tuple[dict[str, int], dict[str, tuple[Any, int]], int]:
+        """(queued jobs per owner, each owner's oldest, the job's nth) by counting jobs."""
+        nth = conn.execute(q.NTH_OF_OWNER, {"owner": owner, "created": created,
+                                           "pk": pk}).scalar_one()
+        counted = conn.execute(q.BACKLOG).all()
+        oldest = {o: (first, conn.execute(q.FIRST_PK, {"owner": o, "created": first})
+                      .scalar_one()) for o, _, first in counted}
+        return {o: n for o, n, _ in counted}, oldest, nth
 
     def count_jobs_by_status(self) -> dict[str, int]:
         counts = dict.fromkeys(e.JOB_STATUSES, 0)
@@ -98,3 +128,12 @@ class SqlQueue:
                  .where(jobs.c.started_at.is_not(None)).group_by(jobs.c.owner))
         with self._read() as conn:
             return {owner: started for owner, started in conn.execute(query)}
+
+
+def bump_queued(conn: Any, owner: str, delta: int) -> None:
+    """Add ``delta`` to ``owner``'s kept count of queued jobs, in the caller's transaction
+    (the one that changes the job's status): an upsert, so a first job makes the row."""
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)
+    conn.execute(insert(queue_owners).values(owner=owner, queued=delta).on_conflict_do_update(
+        index_elements=[queue_owners.c.owner],
+        set_={"queued": queue_owners.c.queued + delta}))

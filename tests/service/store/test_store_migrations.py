@@ -156,3 +156,30 @@ def test_current_revision(fresh_url):
             assert migrate.current_revision(conn) == migrate.head_revision()
     finally:
         engine.dispose()
+
+
+def test_the_queue_counts_are_filled_from_the_jobs_on_upgrade(fresh_url):
+    """0004 adds the per-owner counts of queued jobs and fills them from the jobs."""
+    from service.store.schema import jobs, queue_owners
+
+    command.upgrade(migrate.alembic_config(fresh_url), "0003")
+    engine = make_engine(fresh_url)
+    try:
+        now = sa.func.now()
+        with engine.begin() as conn:
+            for i, (owner, status) in enumerate([("alice", "queued"), ("alice", "queued"),
+                                                 ("bob", "queued"), ("bob", "running"),
+                                                 ("carol", "succeeded")]):
+                conn.execute(jobs.insert().values(
+                    id=f"{i:012x}", name="j", owner=owner, status=status, spec={},
+                    num_trials=1, created_at=now, event_seq=0, trial_count=0))
+    finally:
+        engine.dispose()
+    store = SqlJobStore(fresh_url)  # opening upgrades to head
+    try:
+        with store.engine.connect() as conn:
+            kept = {o: n for o, n in conn.execute(sa.select(queue_owners))}
+        assert kept == {"alice": 2, "bob": 1}
+        assert store.queue_counts(f"{1:012x}").backlog == {"alice": 2, "bob": 1}
+    finally:
+        store.close()

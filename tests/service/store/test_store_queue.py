@@ -96,3 +96,55 @@ class TestQueue:
         store.transition(b1.id, from_statuses={"queued"}, to="running", started_at=t3)
         assert store.last_started_by_owner() == {"alice": t2, "bob": t3}
 
+
+    def test_the_kept_per_owner_counts_follow_every_status_change(self, store):
+        """queue_counts reads queued jobs per owner kept by create_job and transition;
+        after each change they equal the counted queue, whichever source a job left."""
+        from service.store.schema import queue_owners
+
+        def kept() -> dict[str, int]:
+            with store.engine.connect() as conn:
+                return {o: n for o, n in conn.execute(sa.select(queue_owners)) if n}
+
+        def counted() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for j in store.queued_jobs():
+                out[j.owner] = out.get(j.owner, 0) + 1
+            return out
+
+        a1, a2, b1 = (make_job(store, owner=o) for o in ("alice", "alice", "bob"))
+        assert kept() == counted() == {"alice": 2, "bob": 1}
+        steps = [
+            (a1.id, {"queued"}, "running", True),             # leaves the queue
+            (a1.id, {"running"}, "queued", True),             # back (a failed launch)
+            (a1.id, {"queued", "running"}, "cancelled", True),  # from the queue
+            (b1.id, {"queued"}, "running", True),
+            (b1.id, {"queued", "running"}, "cancelled", True),  # from running: no change
+            (a2.id, {"running"}, "succeeded", False),          # not running: nothing
+            (a2.id, {"queued", "running"}, "queued", True),    # queued to queued
+        ]
+        for job_id, sources, to, changed in steps:
+            assert store.transition(job_id, from_statuses=sources, to=to) is changed
+            assert store.get_job(job_id).status == (to if changed else "queued")
+            assert kept() == counted(), (job_id, sources, to)
+        assert kept() == {"alice": 1}
+
+    def test_counts_that_disagree_with_the_jobs_are_not_trusted(self, store, caplog):
+        """A count that says an owner has no queued jobs while it has some, or some while
+        it has none (edited by hand): the answer comes from the jobs, as before the counts
+        were kept, and says so in the log. (A count that is merely too high is trusted:
+        finding that out would take the count the table exists to avoid.)"""
+        from service.store.base import JobStore
+        from service.store.schema import queue_owners
+
+        made = [make_job(store, owner=o) for o in ("alice", "bob", "alice")]
+        for wrong in ({"alice": 0}, {"alice": 2, "zed": 3}):
+            with store.engine.begin() as conn:
+                for owner, n in wrong.items():
+                    if conn.execute(queue_owners.update().where(queue_owners.c.owner == owner)
+                                    .values(queued=n)).rowcount == 0:
+                        conn.execute(queue_owners.insert().values(owner=owner, queued=n))
+            for j in made:
+                got, ref = store.queue_counts(j.id), JobStore.queue_counts(store, j.id)
+                assert (got.nth, got.backlog) == (ref.nth, ref.backlog), wrong
+        assert "disagree with the jobs" in caplog.text
