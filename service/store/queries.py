@@ -33,10 +33,9 @@ FIRST_PK = sa.select(sa.func.min(jobs.c.pk)).where(
     QUEUED, jobs.c.owner == sa.bindparam("owner"),
     jobs.c.created_at == sa.bindparam("created"))
 RUNNING = sa.select(jobs.c.owner, jobs.c.started_at).where(jobs.c.status == e.RUNNING)
-LAST_STARTED = (sa.select(jobs.c.owner, sa.func.max(jobs.c.started_at))
-                .where(jobs.c.started_at.is_not(None)).group_by(jobs.c.owner))
 
-# The per-owner counts the store keeps (schema.queue_owners), each with its owner's
+# The per-owner counts the store keeps (schema.queue_owners: a row for every owner that
+# ever submitted, 0 when none is queued), each with its owner's
 # oldest queued job found by an index seek: one statement, O(users), not O(queue).
 _OLDEST = (sa.select(jobs.c.created_at).where(QUEUED, jobs.c.owner == queue_owners.c.owner)
            .order_by(jobs.c.created_at, jobs.c.pk).limit(1).scalar_subquery())
@@ -46,3 +45,10 @@ KEPT_BACKLOG = sa.select(queue_owners.c.owner, queue_owners.c.queued, _OLDEST, _
 NEWEST_OF_OWNER = (sa.select(jobs.c.created_at, jobs.c.pk)
                    .where(QUEUED, jobs.c.owner == sa.bindparam("owner"))
                    .order_by(jobs.c.created_at.desc(), jobs.c.pk.desc()).limit(1))
+
+# Each owner's latest start, by an index seek per owner (jobs' (owner, started_at)
+# index) over the kept owners, every one that ever submitted: a GROUP BY read every
+# job ever started, 5.0 ms per call at 20,000 finished jobs against 0.12 ms so.
+# None for an owner whose jobs never started (left out by the callers).
+LAST_STARTED = sa.select(queue_owners.c.owner, sa.select(sa.func.max(jobs.c.started_at)).where(
+    jobs.c.owner == queue_owners.c.owner).scalar_subquery())

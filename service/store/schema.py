@@ -148,7 +148,8 @@ events = sa.Table(
 
 # Queued jobs per owner, kept by the store in the transaction that changes a job's
 # status (create_job, transition): a submit's queue position reads one row per user
-# with queued jobs instead of counting the queue (queue_counts; bench B5).
+# instead of counting the queue (queue_counts; bench B5). Every owner that ever
+# submitted has a row (0 when nothing is queued).
 queue_owners = sa.Table(
     "regtune_queue_owners", metadata,
     sa.Column("owner", sa.String(100), primary_key=True),

@@ -59,13 +59,11 @@ class SqlQueue:
                     .order_by(jobs.c.created_at, jobs.c.pk))
         running_q = (sa.select(jobs.c.id, jobs.c.owner, jobs.c.created_at, jobs.c.started_at)
                      .where(jobs.c.status == e.RUNNING).order_by(jobs.c.pk.desc()))
-        last_q = (sa.select(jobs.c.owner, sa.func.max(jobs.c.started_at))
-                  .where(jobs.c.started_at.is_not(None)).group_by(jobs.c.owner))
         with self._read() as conn:
             queued = [QueueEntry(job_id, owner, i, None)
                       for i, (job_id, owner) in enumerate(conn.execute(queued_q))]
             running = [QueueEntry(*r) for r in conn.execute(running_q)]
-            last = {owner: started for owner, started in conn.execute(last_q)}
+            last = _last_started(conn)
         return queued, running, last
 
     def queue_counts(self, job_id: str) -> QueueCounts | None:
@@ -98,7 +96,7 @@ class SqlQueue:
                 log_drift = True
                 counts, oldest, nth = self._counted_backlog(conn, owner, created, pk)
             running = conn.execute(q.RUNNING).all()
-            last = {o: started for o, started in conn.execute(q.LAST_STARTED)}
+            last = _last_started(conn)
         if log_drift:
             log.warning("the queue's kept per-owner counts disagree with the jobs; "
                         "answered from the jobs (see SqlQueue.queue_counts)")
@@ -124,10 +122,14 @@ class SqlQueue:
         return counts
 
     def last_started_by_owner(self) -> dict[str, datetime]:
-        query = (sa.select(jobs.c.owner, sa.func.max(jobs.c.started_at))
-                 .where(jobs.c.started_at.is_not(None)).group_by(jobs.c.owner))
         with self._read() as conn:
-            return {owner: started for owner, started in conn.execute(query)}
+            return _last_started(conn)
+
+
+def _last_started(conn: Any) -> dict[str, datetime]:
+    """Each owner's latest ``started_at``; owners none of whose jobs started are absent."""
+    return {owner: started for owner, started in conn.execute(q.LAST_STARTED)
+            if started is not None}
 
 
 def bump_queued(conn: Any, owner: str, delta: int) -> None:

@@ -159,27 +159,33 @@ def test_current_revision(fresh_url):
 
 
 def test_the_queue_counts_are_filled_from_the_jobs_on_upgrade(fresh_url):
-    """0004 adds the per-owner counts of queued jobs and fills them from the jobs."""
+    """0004 adds the per-owner counts of queued jobs, a row for every owner (their
+    latest starts are looked up from them), and fills them from the jobs."""
+    from datetime import datetime, timezone
+
     from service.store.schema import jobs, queue_owners
 
     command.upgrade(migrate.alembic_config(fresh_url), "0003")
     engine = make_engine(fresh_url)
+    t1, t2 = (datetime(2026, 1, d, tzinfo=timezone.utc) for d in (1, 2))
     try:
-        now = sa.func.now()
         with engine.begin() as conn:
-            for i, (owner, status) in enumerate([("alice", "queued"), ("alice", "queued"),
-                                                 ("bob", "queued"), ("bob", "running"),
-                                                 ("carol", "succeeded")]):
+            for i, (owner, status, started) in enumerate([
+                    ("alice", "queued", None), ("alice", "queued", None),
+                    ("bob", "queued", None), ("bob", "running", t2),
+                    ("carol", "succeeded", t1)]):
                 conn.execute(jobs.insert().values(
                     id=f"{i:012x}", name="j", owner=owner, status=status, spec={},
-                    num_trials=1, created_at=now, event_seq=0, trial_count=0))
+                    num_trials=1, created_at=t1, started_at=started, event_seq=0,
+                    trial_count=0))
     finally:
         engine.dispose()
     store = SqlJobStore(fresh_url)  # opening upgrades to head
     try:
         with store.engine.connect() as conn:
             kept = {o: n for o, n in conn.execute(sa.select(queue_owners))}
-        assert kept == {"alice": 2, "bob": 1}
+        assert kept == {"alice": 2, "bob": 1, "carol": 0}
         assert store.queue_counts(f"{1:012x}").backlog == {"alice": 2, "bob": 1}
+        assert store.last_started_by_owner() == {"bob": t2, "carol": t1}
     finally:
         store.close()
