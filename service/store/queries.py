@@ -34,14 +34,19 @@ FIRST_PK = sa.select(sa.func.min(jobs.c.pk)).where(
     jobs.c.created_at == sa.bindparam("created"))
 RUNNING = sa.select(jobs.c.owner, jobs.c.started_at).where(jobs.c.status == e.RUNNING)
 
+
+
+def _oldest_queued(column: sa.Column) -> sa.ScalarSelect:
+    """``column`` of the kept owner's oldest queued job, by an index seek."""
+    return (sa.select(column).where(QUEUED, jobs.c.owner == queue_owners.c.owner)
+            .order_by(jobs.c.created_at, jobs.c.pk).limit(1).scalar_subquery())
+
+
 # The per-owner counts the store keeps (schema.queue_owners: a row for every owner that
-# ever submitted, 0 when none is queued), each with its owner's
-# oldest queued job found by an index seek: one statement, O(users), not O(queue).
-_OLDEST = (sa.select(jobs.c.created_at).where(QUEUED, jobs.c.owner == queue_owners.c.owner)
-           .order_by(jobs.c.created_at, jobs.c.pk).limit(1).scalar_subquery())
-_OLDEST_PK = (sa.select(jobs.c.pk).where(QUEUED, jobs.c.owner == queue_owners.c.owner)
-              .order_by(jobs.c.created_at, jobs.c.pk).limit(1).scalar_subquery())
-KEPT_BACKLOG = sa.select(queue_owners.c.owner, queue_owners.c.queued, _OLDEST, _OLDEST_PK)
+# ever submitted, 0 when none is queued), each with its owner's oldest queued job:
+# one statement, O(users), not O(queue).
+KEPT_BACKLOG = sa.select(queue_owners.c.owner, queue_owners.c.queued,
+                         _oldest_queued(jobs.c.created_at), _oldest_queued(jobs.c.pk))
 NEWEST_OF_OWNER = (sa.select(jobs.c.created_at, jobs.c.pk)
                    .where(QUEUED, jobs.c.owner == sa.bindparam("owner"))
                    .order_by(jobs.c.created_at.desc(), jobs.c.pk.desc()).limit(1))

@@ -82,14 +82,14 @@ class SqlQueue:
             owner, created, pk = me
             rows = conn.execute(q.KEPT_BACKLOG).all()  # every owner that ever queued
             counts = {o: n for o, n, first, _ in rows if first is not None}
+            oldest = {o: (first, first_pk) for o, _, first, first_pk in rows
+                      if first is not None}
             # A count and its owner's oldest queued job agree on whether there is one.
             agree = all((n > 0) == (first is not None) for _, n, first, _ in rows)
             newest = tuple(conn.execute(q.NEWEST_OF_OWNER, {"owner": owner}).one())
             # The owner's newest (every submit's own job) is its counts[owner]-th.
             nth = counts.get(owner, 0) if newest == (created, pk) else conn.execute(
                 q.NTH_OF_OWNER, {"owner": owner, "created": created, "pk": pk}).scalar_one()
-            oldest = {o: (first, first_pk) for o, _, first, first_pk in rows
-                      if first is not None}
             if not agree or not 1 <= nth <= counts.get(owner, 0):
                 # The kept counts disagree with the jobs (edited by hand, or a writer
                 # that does not keep them): answer from the jobs themselves.
