@@ -7,9 +7,11 @@ the results of real epochs of a real ``Trainer``, against a fresh SQLite MLflow
 store and job store. Each callback call and each epoch is timed. Tune's function
 trainables report synchronously (a trial waits at ``tune.report`` until the
 driver has run its callbacks for that result), so callback time per result is
-time each trial stands still. Two ways side by side: "sync" flushes the writer
+time each trial stands still. Three ways side by side: "sync" flushes the writer
 inside each hook (one ``log_batch`` per epoch, what the trials waited for
-before), "background" as the driver runs now. Both the wait and the CPU the
+before), "background_log_batch" the background writer with every metric value
+through MLflow's ``log_batch`` (before the bulk path), "background" as the
+driver runs now (metric values by ``workers.tune.mlflow_bulk``). Both the wait and the CPU the
 writer thread still spends (``time.thread_time``) are reported. Two workloads:
 the demo spec (a small MLP, short epochs) and B1's 2×768 MLP (≈0.2 s epochs).
 
@@ -64,8 +66,10 @@ def _load_spec(workload: dict[str, Any], epochs: int | None) -> Any:
 MODES = {
     "sync": "synchronous: each result written before the trial goes on (the behaviour "
             "before the background writer: one log_batch per epoch)",
+    "background_log_batch": "background writer, every metric value through MLflow's "
+                            "log_batch (before the bulk path; REGTUNE_MLFLOW_BULK_METRICS=0)",
     "background": "background writer (as the driver runs now: enqueue, coalesce, flush at "
-                  "round end)",
+                  "round end; metric values in bulk SQL, workers/tune/mlflow_bulk.py)",
 }
 
 
@@ -120,7 +124,7 @@ def measure_cost(workload: dict[str, Any], n_trials: int, scratch: Path, mode: s
     store.transition(job.id, from_statuses={"queued"}, to="running")
     parent = ParentRun(mlflow_uri, (scratch / "mlartifacts").as_uri(), job.id, spec, "bench")
     mlflow_cb = MlflowTrialCallback(mlflow_uri, parent.experiment_id, parent.run_id, job.id,
-                                    spec)
+                                    spec, bulk_metrics=mode == "background")
     store_cb = StoreTrialCallback(db, job.id, spec, mlflow_cb)
     clock = _Clock()
     for name in ("record", "update_job"):  # the store's share, split
@@ -261,8 +265,9 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         writers.close()
     tables = [
         {"caption": "Cost per trial: the driver's callbacks driven with real epochs, MLflow "
-                    "written synchronously (before) and by the background writer (now), side "
-                    "by side on the same configs. 'Trial waits' = wall time of the MLflow "
+                    "written synchronously (before), by the background writer through "
+                    "log_batch (before) and with bulk metric values (now), side by side on "
+                    "the same configs. 'Trial waits' = wall time of the MLflow "
                     "hooks in the driver thread (every trial stands still meanwhile); "
                     "'CPU' = driver-thread CPU in the hooks and round-end flush + the "
                     "writer thread's CPU (it competes with training for the cores); shares "

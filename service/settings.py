@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     #: most this much retraining. Trials a scheduler pauses (hyperband) or copies (pbt,
     #: pb2) checkpoint every epoch regardless.
     checkpoint_interval_s: float = Field(10.0, ge=0)
+    #: Metric values of the driver's MLflow child runs written straight into MLflow's
+    #: SQL tables when the tracking URI is a database (workers.tune.mlflow_bulk), ~6x
+    #: less driver CPU than log_batch; false: always through MLflow's client.
+    mlflow_bulk_metrics: bool = True
 
     # --- resolved values ----------------------------------------------------------
 
@@ -114,7 +118,8 @@ class Settings(BaseSettings):
         env = {"REGTUNE_DATABASE_URL": self.database, "MLFLOW_TRACKING_URI": self.mlflow_uri,
                "REGTUNE_DATA_DIR": str(self.data_path), "REGTUNE_STORAGE_PATH": self.results_path,
                "REGTUNE_DATA_ROOT": str(self.table_root), "PYTHONUNBUFFERED": "1",
-               "REGTUNE_CHECKPOINT_INTERVAL_S": str(self.checkpoint_interval_s)}
+               "REGTUNE_CHECKPOINT_INTERVAL_S": str(self.checkpoint_interval_s),
+               "REGTUNE_MLFLOW_BULK_METRICS": "1" if self.mlflow_bulk_metrics else "0"}
         if self.artifact_root:
             env["REGTUNE_MLFLOW_ARTIFACT_ROOT"] = self.artifact_root
         return env

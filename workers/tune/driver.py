@@ -250,7 +250,8 @@ def run(job_id: str) -> int:
                          mlflow_parent_run_id=parent.run_id)
         store.add_event(job_id, "job_started", {"mlflow_parent_run_id": parent.run_id})
         mlflow_cb = MlflowTrialCallback(settings.mlflow_uri, parent.experiment_id,
-                                        parent.run_id, job_id, spec)
+                                        parent.run_id, job_id, spec,
+                                        bulk_metrics=settings.mlflow_bulk_metrics)
         store_cb = StoreTrialCallback(settings.database, job_id, spec, mlflow_cb)
         if not ray.is_initialized():  # tests run the driver inside an initialised Ray
             ray.init(address="auto", log_to_driver=False)

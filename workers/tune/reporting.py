@@ -77,8 +77,10 @@ class MlflowTrialCallback(Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str,
-                 job_id: str, spec: SearchSpec, interval_s: float = 1.0) -> None:
+                 job_id: str, spec: SearchSpec, interval_s: float = 1.0,
+                 bulk_metrics: bool = True) -> None:
         self.tracking_uri = tracking_uri
+        self.bulk_metrics = bulk_metrics  # metric values by workers.tune.mlflow_bulk
         self._client: Any = None
         self._writer: MlflowWriter | None = None
         self.experiment_id = experiment_id
@@ -126,8 +128,14 @@ class MlflowTrialCallback(Callback):
 
                 return MlflowClient(tracking_uri=uri)
 
+            def bulk() -> Any:  # None where the store is not one it can write
+                from workers.tune.mlflow_bulk import BulkMetrics
+
+                return BulkMetrics.for_uri(uri)
+
             self._writer = MlflowWriter(client, self.experiment_id, self.parent_run_id,
-                                        self.job_id, self.run_ids, interval_s=self.interval_s)
+                                        self.job_id, self.run_ids, interval_s=self.interval_s,
+                                        bulk_factory=bulk if self.bulk_metrics else None)
             # What is recorded now was written by an earlier writer (closed, so
             # flushed) or restored from a snapshot (which counts only what was written).
             self._writer.written.update(self._units.epochs)

@@ -1,0 +1,210 @@
+"""The bulk metric path writes what MLflow's log_batch writes, on SQLite and PostgreSQL,
+and is not used where it cannot be sure of that; the writer falls back to log_batch."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workers.tune.mlflow_bulk import BulkMetrics, RunNotActive, metric_rows, newest_per_key
+from workers.tune.mlflow_writer import MlflowWriter
+
+NAN, INF = float("nan"), float("inf")
+
+# Three calls, as the writer makes them for one run over a job: duplicates inside a
+# call and across calls, NaN and ±inf, an older step after a newer one, ties on step
+# broken by timestamp and then by value, a value identical to one already stored.
+CALLS = [
+    [("loss", 1.0, 100, 1), ("loss", 0.5, 101, 2), ("acc", NAN, 100, 1),
+     ("acc", INF, 100, 2), ("loss", 0.5, 101, 2), ("acc", NAN, 100, 1)],
+    [("loss", 0.7, 99, 1), ("acc", 0.3, 102, 2), ("loss", 0.5, 101, 2),
+     ("g", -INF, 5, 0)],
+    [("loss", 0.4, 90, 2), ("loss", 0.6, 90, 2), ("acc", 0.9, 102, 2), ("g", 3.0, 5, 0)],
+]
+KEYS = ("loss", "acc", "g")
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql",
+                                                               marks=pytest.mark.postgres)])
+def mlflow_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An MLflow store made by MLflow itself (its tables, its migrations)."""
+    from mlflow.tracking import MlflowClient
+
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    else:
+        uri = request.getfixturevalue("pg_database_factory")()
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    return uri
+
+
+@pytest.fixture
+def client(mlflow_db: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_db)
+
+
+@pytest.fixture
+def bulk(mlflow_db: str) -> Iterator[BulkMetrics]:
+    made = BulkMetrics.for_uri(mlflow_db)
+    assert made is not None, "the bulk path refused a store MLflow made"
+    yield made
+    made.close()
+
+
+def new_runs(client: Any, n: int) -> list[str]:
+    experiment = client.create_experiment(f"bulk-{time.time_ns()}")
+    return [client.create_run(experiment).info.run_id for _ in range(n)]
+
+
+def history(client: Any, run_id: str) -> dict[str, list[tuple]]:
+    # NaN != NaN: compare reprs, which also tells 0.0 from -0.0.
+    return {key: sorted((repr(m.value), m.step, m.timestamp)
+                        for m in client.get_metric_history(run_id, key)) for key in KEYS}
+
+
+def test_the_same_calls_leave_the_same_run_in_mlflow(client: Any, bulk: BulkMetrics) -> None:
+    from mlflow.entities import Metric
+
+    by_batch, by_bulk = new_runs(client, 2)
+    for call in CALLS:
+        client.log_batch(by_batch, metrics=[Metric(*m) for m in call])
+        bulk.log_metrics(by_bulk, call)
+    want, got = client.get_run(by_batch).data.metrics, client.get_run(by_bulk).data.metrics
+    assert repr(sorted(got.items())) == repr(sorted(want.items()))
+    assert got["loss"] == 0.5 and got["acc"] == 0.9 and got["g"] == 3.0  # not vacuous
+    assert history(client, by_bulk) == history(client, by_batch)
+    assert len(history(client, by_bulk)["loss"]) == 5
+    # MLflow's search reads latest_metrics: both runs are found, and by the same filter.
+    experiment = client.get_run(by_bulk).info.experiment_id
+    found = client.search_runs([experiment], filter_string="metrics.loss = 0.5")
+    assert {r.info.run_id for r in found} == {by_batch, by_bulk}
+
+
+def test_a_value_logged_again_is_not_a_second_row(client: Any, bulk: BulkMetrics) -> None:
+    (run,) = new_runs(client, 1)
+    assert bulk.log_metrics(run, CALLS[0]) == 4  # two exact repeats inside the call
+    bulk.log_metrics(run, CALLS[0])  # a resumed driver re-reporting an epoch
+    assert len(client.get_metric_history(run, "loss")) == 2
+
+
+def test_a_deleted_run_is_refused_and_nothing_is_written(client: Any,
+                                                         bulk: BulkMetrics) -> None:
+    (run,) = new_runs(client, 1)
+    client.delete_run(run)
+    with pytest.raises(RunNotActive, match="deleted"):
+        bulk.log_metrics(run, CALLS[0])
+    client.restore_run(run)
+    assert client.get_run(run).data.metrics == {}
+    with pytest.raises(RunNotActive, match="missing"):
+        bulk.log_metrics("0" * 32, CALLS[0])
+
+
+def test_rows_as_mlflow_stores_them() -> None:
+    rows = metric_rows("r", [("a", NAN, 1, 1), ("a", NAN, 1, 1), ("b", -INF, 2, 3),
+                             ("c", 2, 3, 4)])
+    assert [(r["key"], r["value"], r["is_nan"]) for r in rows] == [
+        ("a", 0.0, True), ("b", -1.7976931348623157e308, False), ("c", 2.0, False)]
+    newest = newest_per_key(metric_rows("r", [("k", 1.0, 5, 2), ("k", 9.0, 1, 1),
+                                              ("k", 0.5, 5, 2), ("k", 2.0, 4, 2)]))
+    assert [(r["value"], r["timestamp"], r["step"]) for r in newest] == [(1.0, 5, 2)]
+
+
+def test_not_used_where_it_cannot_be_sure(tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    from mlflow.tracking import MlflowClient
+
+    assert BulkMetrics.for_uri("http://127.0.0.1:5000") is None  # an MLflow server
+    assert BulkMetrics.for_uri("databricks") is None
+    assert BulkMetrics.for_uri(f"file://{tmp_path}") is None
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with caplog.at_level(logging.WARNING, logger="workers.tune.mlflow_bulk"):
+        assert BulkMetrics.for_uri(f"sqlite:///{empty}") is None  # no MLflow tables
+    assert "log_batch" in caplog.text
+    # An MLflow whose metrics table gained a column: the rows here would be incomplete.
+    changed = tmp_path / "changed.db"
+    MlflowClient(tracking_uri=f"sqlite:///{changed}").search_experiments(max_results=1)
+    with sqlite3.connect(changed) as db:
+        db.execute("ALTER TABLE metrics ADD COLUMN model_version TEXT")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="workers.tune.mlflow_bulk"):
+        assert BulkMetrics.for_uri(f"sqlite:///{changed}") is None
+    assert "model_version" in caplog.text
+
+
+# --- the writer with the bulk path --------------------------------------------------------
+
+def writer(client_uri: str, bulk_factory: Callable[[], Any] | None) -> MlflowWriter:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=client_uri)
+    experiment = client.create_experiment(f"writer-{time.time_ns()}")
+    parent = client.create_run(experiment).info.run_id
+    return MlflowWriter(lambda: MlflowClient(tracking_uri=client_uri), experiment, parent,
+                        "job", {}, interval_s=60.0, backoff_s=0.0, bulk_factory=bulk_factory)
+
+
+def write_two_trials(w: MlflowWriter) -> None:
+    for unit in ("t0", "t1"):
+        for epoch in (1, 2, 3):
+            w.log(unit, {"loss": 1.0 / epoch, "acc": 0.1 * epoch}, 1000 + epoch, epoch,
+                  open_params={"lr": 0.1} if epoch == 1 else None)
+        w.terminate(unit, "FINISHED")
+    assert w.close()
+
+
+def check_runs(client: Any, w: MlflowWriter) -> None:
+    for unit in ("t0", "t1"):
+        run = client.get_run(w.run_ids[unit])
+        assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
+        assert run.data.metrics == {"loss": 1.0 / 3, "acc": 0.1 * 3}
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+    assert w.written == {"t0": 3, "t1": 3} and w.stats["dropped"] == 0
+
+
+def test_the_writer_writes_metrics_in_bulk(mlflow_db: str, client: Any) -> None:
+    w = writer(mlflow_db, lambda: BulkMetrics.for_uri(mlflow_db))
+    write_two_trials(w)
+    check_runs(client, w)
+    assert w.stats["bulk_calls"] == 2 and "log_metrics (bulk SQL)" in w.cpu_by_call
+
+
+class BrokenBulk:
+    """Fails as a schema MLflow changed under us would (or refuses, as for a deleted run)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error, self.calls, self.closed = error, 0, False
+
+    def log_metrics(self, run_id: str, metrics: Any) -> int:
+        self.calls += 1
+        raise self.error
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_failing_bulk_path_is_dropped_for_log_batch(mlflow_db: str, client: Any,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    broken = BrokenBulk(RuntimeError("no such column: is_nan"))
+    w = writer(mlflow_db, lambda: broken)
+    with caplog.at_level(logging.WARNING, logger="workers.tune.mlflow_writer"):
+        write_two_trials(w)
+    check_runs(client, w)  # everything arrived, through log_batch
+    assert broken.calls == 1 and broken.closed and w.stats["bulk_calls"] == 0  # dropped
+    assert "no such column" in caplog.text
+
+
+def test_a_refused_run_falls_back_for_that_call_only(mlflow_db: str, client: Any) -> None:
+    refusing = BrokenBulk(RunNotActive("run x is deleted, not active"))
+    w = writer(mlflow_db, lambda: refusing)
+    write_two_trials(w)
+    check_runs(client, w)
+    assert refusing.calls == 2  # not dropped: asked again for the second run
