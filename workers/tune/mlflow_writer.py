@@ -246,7 +246,7 @@ class MlflowWriter:
             try:
                 if client is None:
                     client = self._client_factory()
-                    self._bulk = self._bulk_factory() if self._bulk_factory else None
+                    self._bulk = self._make_bulk()
                 for unit, ops in work.items():
                     self._write_unit(client, unit, ops)
             except BaseException:  # noqa: BLE001 - the thread must outlive any failure
@@ -333,6 +333,16 @@ class MlflowWriter:
             send()
         except Exception as exc:  # noqa: BLE001
             self._give_up(unit, "log_batch", exc, held)
+
+    def _make_bulk(self) -> Any:
+        """The bulk path, or None (none given, or it could not be made: log_batch then)."""
+        if self._bulk_factory is None:
+            return None
+        try:
+            return self._bulk_factory()
+        except Exception as exc:  # noqa: BLE001 - MLflow's own path is always there
+            log.warning("MLflow bulk metrics unavailable (%s); log_batch writes them", exc)
+            return None
 
     def _log_bulk(self, run_id: str, metrics: list[tuple[str, float, int, int]]) -> bool:
         """Metric values through the bulk path; False: log_batch is to write them."""

@@ -133,9 +133,11 @@ class MlflowTrialCallback(Callback):
 
                 return BulkMetrics.for_uri(uri)
 
+            # getattr: a callback pickled (in a Tune snapshot) before the option existed.
+            use_bulk = getattr(self, "bulk_metrics", True)
             self._writer = MlflowWriter(client, self.experiment_id, self.parent_run_id,
                                         self.job_id, self.run_ids, interval_s=self.interval_s,
-                                        bulk_factory=bulk if self.bulk_metrics else None)
+                                        bulk_factory=bulk if use_bulk else None)
             # What is recorded now was written by an earlier writer (closed, so
             # flushed) or restored from a snapshot (which counts only what was written).
             self._writer.written.update(self._units.epochs)

@@ -208,3 +208,29 @@ def test_a_refused_run_falls_back_for_that_call_only(mlflow_db: str, client: Any
     write_two_trials(w)
     check_runs(client, w)
     assert refusing.calls == 2  # not dropped: asked again for the second run
+
+
+def test_a_bulk_path_that_cannot_be_made_leaves_log_batch(mlflow_db: str, client: Any) -> None:
+    def factory() -> Any:
+        raise RuntimeError("cannot reach the database")
+
+    w = writer(mlflow_db, factory)
+    write_two_trials(w)
+    check_runs(client, w)
+    assert w.stats["bulk_calls"] == 0
+
+
+def test_a_callback_from_an_older_snapshot_writes_in_bulk(mlflow_db: str, client: Any) -> None:
+    """A Tune snapshot pickled before ``bulk_metrics`` existed restores without it."""
+    from search_spaces import validate_spec
+    from tests.workers.tune.conftest import tiny
+    from workers.tune.reporting import MlflowTrialCallback
+
+    experiment = client.create_experiment(f"old-{time.time_ns()}")
+    parent = client.create_run(experiment).info.run_id
+    cb = MlflowTrialCallback(mlflow_db, experiment, parent, "job", validate_spec(tiny("old")))
+    del cb.__dict__["bulk_metrics"]
+    w = cb.writer
+    w.log("t0", {"loss": 1.0}, 1000, 1, open_params={"lr": 0.1})
+    assert w.close() and w.stats["bulk_calls"] == 1
+    assert client.get_run(w.run_ids["t0"]).data.metrics == {"loss": 1.0}
