@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any, Iterable
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,10 @@ class BulkMetrics:
         try:
             import sqlalchemy as sa
 
+            database = sa.engine.make_url(uri).database
+            if scheme == "sqlite" and not (database and os.path.isfile(database)):
+                # MLflow makes its store on first use; this path never makes a database.
+                raise RuntimeError(f"no SQLite file at {database!r}")
             kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}} \
                 if scheme == "sqlite" else {"pool_size": 1, "pool_pre_ping": True}
             engine = sa.create_engine(uri, **kwargs)

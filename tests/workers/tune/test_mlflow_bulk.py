@@ -124,6 +124,10 @@ def test_not_used_where_it_cannot_be_sure(tmp_path: Path,
     assert BulkMetrics.for_uri("http://127.0.0.1:5000") is None  # an MLflow server
     assert BulkMetrics.for_uri("databricks") is None
     assert BulkMetrics.for_uri(f"file://{tmp_path}") is None
+    missing = tmp_path / "missing.db"
+    assert BulkMetrics.for_uri(f"sqlite:///{missing}") is None
+    assert not missing.exists()  # MLflow makes its store; the bulk path never makes one
+    assert BulkMetrics.for_uri("sqlite://") is None  # in memory: not MLflow's tables
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()
     with caplog.at_level(logging.WARNING, logger="workers.tune.mlflow_bulk"):
