@@ -223,8 +223,10 @@ def test_images_and_driver_python_match_the_dockerfiles() -> None:
 #: Set by the compose file to wire the stack (topology API env) or by `serve`'s flags.
 WIRED = {"auth", "ray_address", "ray_auth_token", "database_url", "mlflow_tracking_uri",
          "storage_path", "data_dir", "data_root", "driver_python", "host", "port"}
-#: Meaningless in this deployment: the local head's size, the token's file form.
-NOT_APPLICABLE = {"ray_num_cpus", "ray_num_gpus", "ray_auth_token_path"}
+#: Meaningless in this deployment: the local head's size, the token's file form, bulk
+#: MLflow metrics (drivers here talk to the MLflow server, never to its database).
+NOT_APPLICABLE = {"ray_num_cpus", "ray_num_gpus", "ray_auth_token_path",
+                  "mlflow_bulk_metrics"}
 
 
 def settings_env_names() -> dict[str, str]:
