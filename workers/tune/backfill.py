@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from workers.tune.mlflow_writer import batches, child_run_tags, job_runs
+from workers.tune.mlflow_runs import batches, child_run_tags, job_runs
 
 log = logging.getLogger(__name__)
 

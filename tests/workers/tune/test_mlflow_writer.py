@@ -14,8 +14,10 @@ import pytest
 
 from search_spaces import validate_spec
 from tests.workers.tune.conftest import tiny
-from workers.tune import mlflow_writer as mw
-from workers.tune.mlflow_writer import MlflowWriter, batches
+from workers.tune import mlflow_runs as mw
+from workers.tune import mlflow_writer
+from workers.tune.mlflow_runs import batches
+from workers.tune.mlflow_writer import MlflowWriter
 
 
 class FakeClient:
@@ -149,7 +151,7 @@ def test_what_still_fails_is_logged_and_counted_and_the_writer_goes_on(
     writer.open("t0", {})
     writer.log("t0", {"m": 1.0}, 1, 1)
     writer.log("t0", {"m": 2.0}, 2, 2)
-    with caplog.at_level(logging.ERROR, logger=mw.__name__):
+    with caplog.at_level(logging.ERROR, logger=mlflow_writer.__name__):
         assert writer.flush()
     assert writer.stats["dropped"] == 2
     assert "dropped 2 operations (2 metric values)" in caplog.text
