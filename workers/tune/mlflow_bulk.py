@@ -101,6 +101,7 @@ class BulkMetrics:
         scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
         if scheme not in SCHEMES:
             return None
+        engine = None
         try:
             import sqlalchemy as sa
 
@@ -113,6 +114,8 @@ class BulkMetrics:
             engine = sa.create_engine(uri, **kwargs)
             tables = _checked_tables(engine)
         except Exception as exc:  # noqa: BLE001 - any doubt: MLflow's own path
+            if engine is not None:
+                engine.dispose()
             log.warning("MLflow metrics go through log_batch: the bulk path is not "
                         "usable for this store (%s)", exc)
             return None
