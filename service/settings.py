@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     #: pb2) checkpoint every epoch regardless.
     checkpoint_interval_s: float = Field(10.0, ge=0)
     #: Metric values of the driver's MLflow child runs written straight into MLflow's
-    #: SQL tables when the tracking URI is a database (workers.tune.mlflow_bulk), ~6x
-    #: less driver CPU than log_batch; false: always through MLflow's client.
+    #: SQL tables when the tracking URI is a database (workers.tune.mlflow_bulk), about 5x
+    #: less driver CPU than log_batch (bench B6); false: always through MLflow's client.
     mlflow_bulk_metrics: bool = True
 
     # --- resolved values ----------------------------------------------------------

@@ -1,13 +1,12 @@
 """Metric values written straight into an MLflow SQL store, many rows per statement.
 
 Why: MLflow 3.17's ``SqlAlchemyStore.log_batch`` builds an ORM object per value,
-validates each, and re-reads the run's ``latest_metrics`` on every call. On this
-project's 2-core machine that is ~60 µs of CPU per value (10.6 ms for one
-call of 180 values: 10 epochs × 18 metrics), and a population of 64 members
-writes 64 such runs per round, in the driver, while the trials train on the same
-cores. MLflow has no bulk path; this is one, for the one thing the driver writes
-in bulk: the metric values of its own child runs. The same 180 values cost
-~1.6 ms here (``python -m bench --only B6`` measures it against ``log_batch``).
+validates each, and re-reads the run's ``latest_metrics`` on every call, and a
+population of 64 members writes 64 such runs per round, in the driver, while the
+trials train on the same cores. MLflow has no bulk path; this is one, for the
+one thing the driver writes in bulk: the metric values of its own child runs.
+``python -m bench --only B6`` measures one run's 180 values (10 epochs × 18
+metrics) both ways; BENCHMARKS.md has the figures (about 5× less CPU here).
 
 It writes exactly the rows MLflow's ``log_batch`` writes for metrics, by MLflow's
 rules (``SqlAlchemyStore._log_metrics`` and ``_update_latest_metrics_if_necessary``):

@@ -20,9 +20,10 @@ still. One ``log_batch`` per epoch per trial on the SQLite store costs 8–12 ms
   pressure) instead of growing memory without limit.
 * **bulk metrics where the store allows**: given a ``bulk_factory``
   (``workers.tune.mlflow_bulk``), metric values go straight into MLflow's SQL
-  tables, ~6× less CPU than ``log_batch``; runs, params, tags and statuses still
-  go through the client. The first failure of that path (other than a run that
-  is no longer active) turns it off for the writer's life, with a warning.
+  tables, about 5× less CPU than ``log_batch`` (bench B6); runs, params, tags
+  and statuses still go through the client. The first failure of that path
+  (other than a run that is no longer active) turns it off for the writer's
+  life, with a warning.
 * **never silent, never fatal**: a failed MLflow call is retried with back-off;
   what still fails is logged at ERROR with what was dropped and counted in
   ``stats``; the thread itself never dies of it, and the driver never sees it.
