@@ -26,6 +26,7 @@ import psycopg2
 import pytest
 
 from tests.deploy import native, topology
+from tests.pg import admin_connection
 
 REPO = Path(__file__).resolve().parents[2]
 #: Seconds per phase of the native stack, printed at the end of the run.
@@ -86,7 +87,7 @@ def _wait_job(api: httpx.Client, job_id: str, timeout: float) -> dict[str, Any]:
 def stack() -> Iterator[Stack]:
     t0 = time.monotonic()
     try:
-        admin, pg_user = native.admin_connection()
+        admin, pg_user = admin_connection()
     except psycopg2.OperationalError as exc:
         pytest.skip(f"PostgreSQL not reachable at {native.PG_HOST}:{native.PG_PORT}: "
                     f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}")

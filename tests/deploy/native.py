@@ -22,12 +22,9 @@ from pathlib import Path
 import psycopg2
 
 from tests.deploy import topology
+from tests.pg import PG_HOST, PG_PORT
 
 BIN = Path(sys.executable).parent
-PG_HOST = os.environ.get("REGTUNE_TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("REGTUNE_TEST_PG_PORT", "5432"))
-PG_USERS = ([os.environ["REGTUNE_TEST_PG_USER"]] if "REGTUNE_TEST_PG_USER" in os.environ
-            else ["postgres", "root"])
 #: Settings a developer's shell might carry; none may leak into the stack.
 SCRUB_PREFIXES = ("REGTUNE_", "RAY_", "MLFLOW_")
 
@@ -47,20 +44,6 @@ def base_env() -> dict[str, str]:
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def admin_connection() -> tuple[psycopg2.extensions.connection, str]:
-    error: Exception | None = None
-    for user in PG_USERS:
-        try:
-            conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=user, dbname="postgres",
-                                    connect_timeout=3)
-            conn.autocommit = True
-            return conn, user
-        except psycopg2.OperationalError as exc:
-            error = exc
-    assert error is not None
-    raise error
 
 
 def database_exists(conn: psycopg2.extensions.connection, name: str) -> bool:

@@ -34,6 +34,8 @@ import math
 import os
 from typing import Any, Iterable
 
+import sqlalchemy as sa
+
 log = logging.getLogger(__name__)
 
 FLOAT_MAX = 1.7976931348623157e308  # what MLflow stores for ±inf
@@ -91,8 +93,8 @@ class BulkMetrics:
         self._upsert_latest = upsert.on_conflict_do_update(
             index_elements=["key", "run_uuid"],
             set_={c: upsert.excluded[c] for c in ("value", "timestamp", "step", "is_nan")},
-            where=_tuple(upsert.excluded.step, upsert.excluded.timestamp, upsert.excluded.value)
-            > _tuple(self.latest.c.step, self.latest.c.timestamp, self.latest.c.value))
+            where=sa.tuple_(upsert.excluded.step, upsert.excluded.timestamp, upsert.excluded.value)
+            > sa.tuple_(self.latest.c.step, self.latest.c.timestamp, self.latest.c.value))
 
     @classmethod
     def for_uri(cls, uri: str) -> "BulkMetrics | None":
@@ -102,8 +104,6 @@ class BulkMetrics:
             return None
         engine = None
         try:
-            import sqlalchemy as sa
-
             database = sa.engine.make_url(uri).database
             if scheme == "sqlite" and not (database and os.path.isfile(database)):
                 # MLflow makes its store on first use; this path never makes a database.
@@ -122,8 +122,6 @@ class BulkMetrics:
 
     def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int, int]]) -> int:
         """Write the values for one run; returns how many distinct values were sent."""
-        import sqlalchemy as sa
-
         rows = metric_rows(run_id, metrics)
         if not rows:
             return 0
@@ -142,8 +140,6 @@ class BulkMetrics:
 
 def _checked_tables(engine: Any) -> dict[str, Any]:
     """The three tables, reflected; raises unless their columns are exactly ours."""
-    import sqlalchemy as sa
-
     meta = sa.MetaData()
     wanted = {"metrics": METRIC_COLUMNS, "latest_metrics": METRIC_COLUMNS, "runs": None}
     tables = {}
@@ -168,8 +164,3 @@ def _dialect_insert(dialect: str) -> Any:
         raise RuntimeError(f"no INSERT ... ON CONFLICT for {dialect}")
     return insert
 
-
-def _tuple(*columns: Any) -> Any:
-    import sqlalchemy as sa
-
-    return sa.tuple_(*columns)
