@@ -72,10 +72,10 @@ def write_scenario(task: dict[str, Any]) -> dict[str, Any]:
         out["errors"].append(f"open: {type(exc).__name__}: {str(exc)[:200]}")
         return out
     bulk = None
-    if task.get("bulk"):  # metric values as drivers write them now (workers/tune/mlflow_bulk)
-        from workers.tune.mlflow_bulk import BulkMetrics
+    if task.get("bulk"):  # child runs as drivers write them now (workers/tune/mlflow_bulk)
+        from workers.tune.mlflow_bulk import BulkStore
 
-        bulk = BulkMetrics.for_uri(task["uri"])
+        bulk = BulkStore.for_uri(task["uri"])
         if bulk is None:
             out["errors"].append("open: the bulk path refused the store")
             return out
@@ -85,23 +85,28 @@ def write_scenario(task: dict[str, Any]) -> dict[str, Any]:
     while time.monotonic() < end:
         try:
             if run_id is None or step % 10 == 0:
-                if run_id is not None:
-                    client.set_terminated(run_id, "FINISHED")
-                run = client.create_run(experiment_id, tags={"regtune.job_id": "bench"})
-                run_id = run.info.run_id
-                client.log_batch(run_id, params=[Param(f"p{k}", str(k)) for k in range(13)])
+                params = {f"p{k}": str(k) for k in range(13)}
+                if bulk is not None:  # as drivers write child runs now
+                    if run_id is not None:
+                        bulk.write_run(run_id, (), None, ("FINISHED", int(time.time() * 1000)))
+                    run_id = bulk.create_run(experiment_id, f"r{step}",
+                                             {"regtune.job_id": "bench"}, params)
+                else:
+                    if run_id is not None:
+                        client.set_terminated(run_id, "FINISHED")
+                    run = client.create_run(experiment_id, tags={"regtune.job_id": "bench"})
+                    run_id = run.info.run_id
+                    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
                 out["runs"] += 1
             now = int(time.time() * 1000)
             s = time.perf_counter()
             values = [(f"m{k}", 0.5 * k, now, step) for k in range(18)]
+            first = {"regtune.node_ip": "127.0.0.1"} if step == 0 else {}
             if bulk is not None:
-                bulk.log_metrics(run_id, values)
-                if step == 0:
-                    client.log_batch(run_id, tags=[RunTag("regtune.node_ip", "127.0.0.1")])
+                bulk.write_run(run_id, values, first)
             else:
                 client.log_batch(run_id, metrics=[Metric(*v) for v in values],
-                                 tags=[RunTag("regtune.node_ip", "127.0.0.1")] if step == 0
-                                 else [])
+                                 tags=[RunTag(k, v) for k, v in first.items()])
             out["latencies"].append(time.perf_counter() - s)
             out["batches"] += 1
         except Exception as exc:  # noqa: BLE001
@@ -139,8 +144,8 @@ STORES = {
     "fresh": "fresh file, opened by all at once",
     "wal": "initialised first + PRAGMA journal_mode=WAL (as the service does: init_mlflow)",
     "wal_normal": "WAL + synchronous=NORMAL per connection (not applied)",
-    "wal_bulk": "WAL (init_mlflow) + metric values by the bulk path, as drivers write them "
-                "now (the latency column: that write)",
+    "wal_bulk": "WAL (init_mlflow) + runs made, filled and ended by the bulk path, as "
+                "drivers write them now (the latency column: the metric write)",
 }
 
 

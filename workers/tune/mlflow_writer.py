@@ -18,12 +18,12 @@ still. One ``log_batch`` per epoch per trial on the SQLite store costs 8–12 ms
   barrier: what was enqueued before it is written before it.
 * **bounded**: at ``max_pending`` queued operations the producer waits (back-
   pressure) instead of growing memory without limit.
-* **bulk metrics where the store allows**: given a ``bulk_factory``
-  (``workers.tune.mlflow_bulk``), metric values go straight into MLflow's SQL
-  tables, about 5× less CPU than ``log_batch`` (bench B6); runs, params, tags
-  and statuses still go through the client. The first failure of that path
-  (other than a run that is no longer active) turns it off for the writer's
-  life, with a warning.
+* **bulk SQL where the store allows**: given a ``bulk_factory``
+  (``workers.tune.mlflow_bulk``), child runs are made, filled and ended straight
+  in MLflow's SQL tables, a transaction per run per round instead of a client
+  call per run per kind of write (bench B6 measures both). A call that path
+  refuses (a deleted run, a value MLflow would reject) goes to the client; any
+  other failure turns it off for the writer's life, with a warning.
 * **never silent, never fatal**: a failed MLflow call is retried with back-off;
   what still fails is logged at ERROR with what was dropped and counted in
   ``stats``; the thread itself never dies of it, and the driver never sees it.
@@ -73,7 +73,7 @@ class MlflowWriter:
                  backoff_s: float = 0.5, bulk_factory: Callable[[], Any] | None = None) -> None:
         self._client_factory = client_factory
         self._bulk_factory = bulk_factory
-        self._bulk: Any = None  # the writer thread's BulkMetrics, made with its client
+        self._bulk: Any = None  # the writer thread's BulkStore, made with its client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.job_id = job_id
@@ -264,14 +264,19 @@ class MlflowWriter:
         tags: dict[str, str] = {}
         held: list[_Op] = []  # the data ops in metrics/tags, for the error message
 
-        def send() -> None:
-            rest = [] if metrics and self._log_bulk(run_id, metrics) else metrics
-            if rest or params or tags:
-                for m, p, t in batches([Metric(*x) for x in rest],
-                                       [Param(k, v) for k, v in params.items()],
-                                       [RunTag(k, v) for k, v in tags.items()]):
-                    self._call("log_batch", client.log_batch, run_id, metrics=m, params=p,
-                               tags=t)
+        def send(end: _Op | None = None) -> None:
+            # params: a run the client made (the bulk path writes them with the run);
+            # they share the client's call with what else is pending.
+            if params or not self._write_bulk(run_id, metrics, tags, end):
+                if metrics or params or tags:
+                    for m, p, t in batches([Metric(*x) for x in metrics],
+                                           [Param(k, v) for k, v in params.items()],
+                                           [RunTag(k, v) for k, v in tags.items()]):
+                        self._call("log_batch", client.log_batch, run_id, metrics=m, params=p,
+                                   tags=t)
+                if end is not None:
+                    self._call("set_terminated", client.set_terminated, run_id, end.status,
+                               end_time=end.end_time)
             if metrics:
                 top = max(step for *_, step in metrics)
                 self.written[unit] = max(self.written.get(unit, 0), top)
@@ -284,9 +289,7 @@ class MlflowWriter:
                     tags.update(op.tags)
                     held.append(op)
                 elif op.kind == "end":
-                    send()
-                    self._call("set_terminated", client.set_terminated, run_id, op.status,
-                               end_time=op.end_time)
+                    send(op)
             except Exception as exc:  # noqa: BLE001 - logged, counted, never fatal
                 self._give_up(unit, "log_batch" if held else op.kind, exc, held or [op])
                 params.clear(), metrics.clear(), tags.clear(), held.clear()
@@ -296,39 +299,49 @@ class MlflowWriter:
             self._give_up(unit, "log_batch", exc, held)
 
     def _make_bulk(self) -> Any:
-        """The bulk path, or None (none given, or it could not be made: log_batch then)."""
+        """The bulk path, or None (none given, or it could not be made: the client then)."""
         if self._bulk_factory is None:
             return None
         try:
             return self._bulk_factory()
         except Exception as exc:  # noqa: BLE001 - MLflow's own path is always there
-            log.warning("MLflow bulk metrics unavailable (%s); log_batch writes them", exc)
+            log.warning("MLflow bulk writes unavailable (%s); MLflow's client writes the "
+                        "child runs", exc)
             return None
 
-    def _log_bulk(self, run_id: str, metrics: list[tuple[str, float, int, int]]) -> bool:
-        """Metric values through the bulk path; False: log_batch is to write them."""
+    def _bulk_call(self, what: str, *args: Any) -> Any:
+        """One call of the bulk path; None: MLflow's client is to do it (the path is
+        off, refused this call, or failed and is now off for good)."""
         bulk = self._bulk
         if bulk is None:
-            return False
-        from workers.tune.mlflow_bulk import RunNotActive
+            return None
+        from workers.tune.mlflow_bulk import Refused
 
         cpu = time.thread_time()
         self.stats["calls"] += 1
         try:
-            bulk.log_metrics(run_id, metrics)
+            out = getattr(bulk, what)(*args)
             self.stats["bulk_calls"] += 1
-            return True
-        except RunNotActive:
-            return False  # log_batch says why, as MLflow words it
+            return out
+        except Refused:
+            return None  # MLflow's client does it, or says why in MLflow's words
         except Exception as exc:  # noqa: BLE001 - MLflow's own path from now on
-            log.warning("MLflow bulk metrics failed (%s); log_batch writes them from now "
-                        "on", exc)
+            log.warning("MLflow bulk writes failed (%s); MLflow's client writes the child "
+                        "runs from now on", exc)
             self._bulk = None
             bulk.close()
-            return False
+            return None
         finally:
-            self.cpu_by_call["log_metrics (bulk SQL)"] = (
-                self.cpu_by_call.get("log_metrics (bulk SQL)", 0.0) + time.thread_time() - cpu)
+            self.cpu_by_call[f"{what} (bulk SQL)"] = (
+                self.cpu_by_call.get(f"{what} (bulk SQL)", 0.0) + time.thread_time() - cpu)
+
+    def _write_bulk(self, run_id: str, metrics: list[tuple[str, float, int, int]],
+                    tags: dict[str, str], end: _Op | None) -> bool:
+        """Metrics, tags and the run's end in one bulk transaction; False: the client's."""
+        if not (metrics or tags or end):
+            return True
+        end_at = None if end is None else (end.status, end.end_time)
+        return self._bulk_call("write_run", run_id, metrics, tags, end_at) is not None
 
     def _give_up(self, unit: str, what: str, exc: BaseException, ops: list[_Op]) -> None:
         self.stats["dropped"] += len(ops)
@@ -349,10 +362,14 @@ class MlflowWriter:
             self._known = {trial_id: run.info.run_id for trial_id, run in found_runs.items()}
         found = self._known.get(unit)
         if found is None:
-            run = self._call("create_run", client.create_run, self.experiment_id,
-                             tags=child_run_tags(self.parent_run_id, self.job_id, unit),
-                             run_name=unit)
-            self._known[unit] = run.info.run_id
+            tags = child_run_tags(self.parent_run_id, self.job_id, unit)
+            made = self._bulk_call("create_run", self.experiment_id, unit, tags, params)
+            if made is None:
+                made = self._call("create_run", client.create_run, self.experiment_id,
+                                  tags=tags, run_name=unit).info.run_id
+            else:
+                params = {}  # written with the run
+            self._known[unit] = made
         with self._cond:
             self.run_ids[unit] = self._known[unit]
             self._failed.discard(unit)

@@ -80,7 +80,7 @@ class MlflowTrialCallback(Callback):
                  job_id: str, spec: SearchSpec, interval_s: float = 1.0,
                  bulk_metrics: bool = True) -> None:
         self.tracking_uri = tracking_uri
-        self.bulk_metrics = bulk_metrics  # metric values by workers.tune.mlflow_bulk
+        self.bulk_metrics = bulk_metrics  # child runs by workers.tune.mlflow_bulk
         self._client: Any = None
         self._writer: MlflowWriter | None = None
         self.experiment_id = experiment_id
@@ -129,9 +129,9 @@ class MlflowTrialCallback(Callback):
                 return MlflowClient(tracking_uri=uri)
 
             def bulk() -> Any:  # None where the store is not one it can write
-                from workers.tune.mlflow_bulk import BulkMetrics
+                from workers.tune.mlflow_bulk import BulkStore
 
-                return BulkMetrics.for_uri(uri)
+                return BulkStore.for_uri(uri)
 
             # getattr: a callback pickled (in a Tune snapshot) before the option existed.
             use_bulk = getattr(self, "bulk_metrics", True)

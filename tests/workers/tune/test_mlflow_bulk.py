@@ -1,5 +1,6 @@
-"""The bulk metric path writes what MLflow's log_batch writes, on SQLite and PostgreSQL,
-and is not used where it cannot be sure of that; the writer falls back to log_batch."""
+"""The bulk path writes the child runs MLflow's own calls write (create_run, log_batch,
+set_terminated), on SQLite and PostgreSQL, refuses what MLflow would refuse, and is not
+used where it cannot be sure of that; the writer falls back to MLflow's client."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from workers.tune.mlflow_bulk import BulkMetrics, RunNotActive, metric_rows, newest_per_key
+from workers.tune.mlflow_bulk import (BulkStore, Refused, RunNotActive, metric_rows,
+                                      newest_per_key)
+from workers.tune.mlflow_runs import child_run_tags
 from workers.tune.mlflow_writer import MlflowWriter
 
 NAN, INF = float("nan"), float("inf")
@@ -52,8 +55,8 @@ def client(mlflow_db: str) -> Any:
 
 
 @pytest.fixture
-def bulk(mlflow_db: str) -> Iterator[BulkMetrics]:
-    made = BulkMetrics.for_uri(mlflow_db)
+def bulk(mlflow_db: str) -> Iterator[BulkStore]:
+    made = BulkStore.for_uri(mlflow_db)
     assert made is not None, "the bulk path refused a store MLflow made"
     yield made
     made.close()
@@ -70,7 +73,7 @@ def history(client: Any, run_id: str) -> dict[str, list[tuple]]:
                         for m in client.get_metric_history(run_id, key)) for key in KEYS}
 
 
-def test_the_same_calls_leave_the_same_run_in_mlflow(client: Any, bulk: BulkMetrics) -> None:
+def test_the_same_calls_leave_the_same_run_in_mlflow(client: Any, bulk: BulkStore) -> None:
     from mlflow.entities import Metric
 
     by_batch, by_bulk = new_runs(client, 2)
@@ -88,7 +91,7 @@ def test_the_same_calls_leave_the_same_run_in_mlflow(client: Any, bulk: BulkMetr
     assert {r.info.run_id for r in found} == {by_batch, by_bulk}
 
 
-def test_a_value_logged_again_is_not_a_second_row(client: Any, bulk: BulkMetrics) -> None:
+def test_a_value_logged_again_is_not_a_second_row(client: Any, bulk: BulkStore) -> None:
     (run,) = new_runs(client, 1)
     assert bulk.log_metrics(run, CALLS[0]) == 4  # two exact repeats inside the call
     bulk.log_metrics(run, CALLS[0])  # a resumed driver re-reporting an epoch
@@ -96,7 +99,7 @@ def test_a_value_logged_again_is_not_a_second_row(client: Any, bulk: BulkMetrics
 
 
 def test_a_deleted_run_is_refused_and_nothing_is_written(client: Any,
-                                                         bulk: BulkMetrics) -> None:
+                                                         bulk: BulkStore) -> None:
     (run,) = new_runs(client, 1)
     client.delete_run(run)
     with pytest.raises(RunNotActive, match="deleted"):
@@ -105,6 +108,68 @@ def test_a_deleted_run_is_refused_and_nothing_is_written(client: Any,
     assert client.get_run(run).data.metrics == {}
     with pytest.raises(RunNotActive, match="missing"):
         bulk.log_metrics("0" * 32, CALLS[0])
+
+
+def test_a_run_made_in_bulk_is_the_run_mlflows_client_makes(mlflow_db: str, client: Any,
+                                                           bulk: BulkStore) -> None:
+    """The same child run both ways; MLflow reads back the same run and finds both
+    by the filters its UI uses."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    experiment = client.create_experiment(f"runs-{time.time_ns()}")
+    parent = client.create_run(experiment).info.run_id
+    tags = child_run_tags(parent, "job", "t7")
+    params = {"lr": "0.1", "penalty.lambda": "0.001"}
+    by_client = client.create_run(experiment, tags=tags, run_name="t7").info.run_id
+    client.log_batch(by_client, params=[Param(k, v) for k, v in params.items()],
+                     metrics=[Metric(*m) for m in CALLS[0]], tags=[RunTag("regtune.node", "n")])
+    client.set_terminated(by_client, "FINISHED", end_time=2000)
+    by_bulk = bulk.create_run(experiment, "t7", tags, params)
+    bulk.write_run(by_bulk, CALLS[0], {"regtune.node": "n"}, ("FINISHED", 2000))
+
+    def seen(run_id: str) -> dict[str, Any]:
+        run = client.get_run(run_id)
+        info = {k: v for k, v in vars(run.info).items()
+                if k not in ("_run_id", "_run_uuid", "_start_time", "_artifact_uri")}
+        return {"info": info, "params": run.data.params, "tags": run.data.tags,
+                "metrics": repr(sorted(run.data.metrics.items())),
+                "artifacts": run.info.artifact_uri.replace(run_id, "<id>")}
+
+    want, got = seen(by_client), seen(by_bulk)
+    assert got == want
+    assert got["info"]["_status"] == "FINISHED" and got["info"]["_run_name"] == "t7"
+    assert got["tags"]["mlflow.parentRunId"] == parent and got["params"] == params
+    for query in (f"tags.mlflow.parentRunId = '{parent}'", "params.lr = '0.1'",
+                  "attributes.status = 'FINISHED'", "attributes.run_name = 't7'",
+                  "tags.`regtune.trial_id` = 't7'"):
+        found = {r.info.run_id for r in client.search_runs([experiment], query)}
+        assert found == {by_client, by_bulk}, query
+
+
+def test_what_mlflow_would_refuse_is_refused_and_nothing_is_written(
+        client: Any, bulk: BulkStore) -> None:
+    experiment = client.create_experiment(f"refuse-{time.time_ns()}")
+    tags = {"regtune.job_id": "job"}
+    for bad in ({"params": {"../x": "1"}}, {"params": {"note": "x" * 6001}},
+                {"params": {"lr": 0.1}}, {"tags": {**tags, "mlflow.runName": "other"}}):
+        with pytest.raises(Refused):
+            bulk.create_run(experiment, "t0", bad.get("tags", tags), bad.get("params", {}))
+    assert client.search_runs([experiment]) == []
+    run = bulk.create_run(experiment, "t0", tags, {"lr": "0.1"})
+    for args in (([], {"mlflow.runName": "renamed"}, None), ([], {}, ("DONE", 1)),
+                 ([("bad key!", 1.0, 1, 1)], {}, None), ([], {"t": "x" * 8001}, None)):
+        with pytest.raises(Refused):
+            bulk.write_run(run, *args)
+    client.delete_run(run)
+    with pytest.raises(RunNotActive, match="deleted"):
+        bulk.write_run(run, CALLS[0], {"t": "1"}, ("FINISHED", 5))
+    client.restore_run(run)
+    kept = client.get_run(run)
+    assert kept.info.status == "RUNNING" and kept.info.run_name == "t0"
+    assert kept.data.metrics == {} and "t" not in kept.data.tags
+    client.delete_experiment(experiment)
+    with pytest.raises(Refused, match="deleted"):
+        bulk.create_run(experiment, "t1", tags)
 
 
 def test_rows_as_mlflow_stores_them() -> None:
@@ -121,18 +186,18 @@ def test_not_used_where_it_cannot_be_sure(tmp_path: Path,
                                           caplog: pytest.LogCaptureFixture) -> None:
     from mlflow.tracking import MlflowClient
 
-    assert BulkMetrics.for_uri("http://127.0.0.1:5000") is None  # an MLflow server
-    assert BulkMetrics.for_uri("databricks") is None
-    assert BulkMetrics.for_uri(f"file://{tmp_path}") is None
+    assert BulkStore.for_uri("http://127.0.0.1:5000") is None  # an MLflow server
+    assert BulkStore.for_uri("databricks") is None
+    assert BulkStore.for_uri(f"file://{tmp_path}") is None
     missing = tmp_path / "missing.db"
-    assert BulkMetrics.for_uri(f"sqlite:///{missing}") is None
+    assert BulkStore.for_uri(f"sqlite:///{missing}") is None
     assert not missing.exists()  # MLflow makes its store; the bulk path never makes one
-    assert BulkMetrics.for_uri("sqlite://") is None  # in memory: not MLflow's tables
+    assert BulkStore.for_uri("sqlite://") is None  # in memory: not MLflow's tables
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()
     with caplog.at_level(logging.WARNING, logger="workers.tune.mlflow_bulk"):
-        assert BulkMetrics.for_uri(f"sqlite:///{empty}") is None  # no MLflow tables
-    assert "log_batch" in caplog.text
+        assert BulkStore.for_uri(f"sqlite:///{empty}") is None  # no MLflow tables
+    assert "MLflow's client" in caplog.text
     # An MLflow whose metrics table gained a column: the rows here would be incomplete.
     changed = tmp_path / "changed.db"
     MlflowClient(tracking_uri=f"sqlite:///{changed}").search_experiments(max_results=1)
@@ -140,7 +205,7 @@ def test_not_used_where_it_cannot_be_sure(tmp_path: Path,
         db.execute("ALTER TABLE metrics ADD COLUMN model_version TEXT")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="workers.tune.mlflow_bulk"):
-        assert BulkMetrics.for_uri(f"sqlite:///{changed}") is None
+        assert BulkStore.for_uri(f"sqlite:///{changed}") is None
     assert "model_version" in caplog.text
 
 
@@ -174,11 +239,30 @@ def check_runs(client: Any, w: MlflowWriter) -> None:
     assert w.written == {"t0": 3, "t1": 3} and w.stats["dropped"] == 0
 
 
-def test_the_writer_writes_metrics_in_bulk(mlflow_db: str, client: Any) -> None:
-    w = writer(mlflow_db, lambda: BulkMetrics.for_uri(mlflow_db))
+def test_the_writer_writes_child_runs_in_bulk(mlflow_db: str, client: Any) -> None:
+    w = writer(mlflow_db, lambda: BulkStore.for_uri(mlflow_db))
     write_two_trials(w)
     check_runs(client, w)
-    assert w.stats["bulk_calls"] == 2 and "log_metrics (bulk SQL)" in w.cpu_by_call
+    # Per run: one transaction to make it (tags, params), one for its values and end.
+    assert w.stats["bulk_calls"] == 4
+    assert {"create_run (bulk SQL)", "write_run (bulk SQL)"} <= set(w.cpu_by_call)
+    assert not {"create_run", "log_batch", "set_terminated"} & set(w.cpu_by_call)
+
+
+def test_a_refused_call_goes_to_mlflows_client(mlflow_db: str, client: Any) -> None:
+    """A param value over MLflow's limit: the client makes that run (MLflow truncates
+    the value) and writes its first round; later rounds go in bulk again."""
+    w = writer(mlflow_db, lambda: BulkStore.for_uri(mlflow_db))
+    w.log("t0", {"loss": 1.0}, 1000, 1, open_params={"note": "x" * 7000})
+    assert w.flush()
+    w.log("t0", {"loss": 0.5}, 1001, 2)
+    w.terminate("t0", "FINISHED")
+    assert w.close() and w.stats["dropped"] == 0
+    run = client.get_run(w.run_ids["t0"])
+    assert run.data.params == {"note": "x" * 6000} and run.info.status == "FINISHED"
+    assert run.data.metrics == {"loss": 0.5}
+    assert "create_run" in w.cpu_by_call and "log_batch" in w.cpu_by_call
+    assert "write_run (bulk SQL)" in w.cpu_by_call and "set_terminated" not in w.cpu_by_call
 
 
 class BrokenBulk:
@@ -187,9 +271,11 @@ class BrokenBulk:
     def __init__(self, error: Exception) -> None:
         self.error, self.calls, self.closed = error, 0, False
 
-    def log_metrics(self, run_id: str, metrics: Any) -> int:
+    def create_run(self, *args: Any) -> str:
         self.calls += 1
         raise self.error
+
+    write_run = create_run
 
     def close(self) -> None:
         self.closed = True
@@ -204,6 +290,7 @@ def test_a_failing_bulk_path_is_dropped_for_log_batch(mlflow_db: str, client: An
     check_runs(client, w)  # everything arrived, through log_batch
     assert broken.calls == 1 and broken.closed and w.stats["bulk_calls"] == 0  # dropped
     assert "no such column" in caplog.text
+    assert {"create_run", "log_batch", "set_terminated"} <= set(w.cpu_by_call)
 
 
 def test_a_refused_run_falls_back_for_that_call_only(mlflow_db: str, client: Any) -> None:
@@ -236,5 +323,5 @@ def test_a_callback_from_an_older_snapshot_writes_in_bulk(mlflow_db: str, client
     del cb.__dict__["bulk_metrics"]
     w = cb.writer
     w.log("t0", {"loss": 1.0}, 1000, 1, open_params={"lr": 0.1})
-    assert w.close() and w.stats["bulk_calls"] == 1
+    assert w.close() and w.stats["bulk_calls"] == 2
     assert client.get_run(w.run_ids["t0"]).data.metrics == {"loss": 1.0}
