@@ -63,10 +63,11 @@ class Settings(BaseSettings):
     #: most this much retraining. Trials a scheduler pauses (hyperband) or copies (pbt,
     #: pb2) checkpoint every epoch regardless.
     checkpoint_interval_s: float = Field(10.0, ge=0)
-    #: The driver's MLflow child runs (made, params, metric values, tags, end) written
-    #: straight into MLflow's SQL tables when the tracking URI is a database with the
-    #: tables it knows (workers.tune.mlflow_bulk), several times less driver CPU than
-    #: MLflow's client (bench B6); false: always through MLflow's client.
+    #: The driver's MLflow experiment, parent run and child runs (made, params, metric
+    #: values, tags, end) written straight into MLflow's SQL tables when the tracking
+    #: URI is a database with the tables it knows (workers.tune.mlflow_bulk): several
+    #: times less driver CPU than MLflow's client (bench B6), and no MLflow import
+    #: before the job's answer; false: always through MLflow's client.
     mlflow_bulk_metrics: bool = True
 
     # --- resolved values ----------------------------------------------------------

@@ -187,7 +187,8 @@ def _close_orphans(store: Any, job_id: str, mlflow_client: Any = None,
     snapshots). Those trials are marked failed, with why, and later rounds replace
     them; their MLflow runs are ended FAILED, not left RUNNING in the UI for ever.
     A run made in the background after the trial's row was written is not in the
-    store: it is found by its tags.
+    store: it is found by its tags. ``mlflow_client``: the client, or a function
+    that makes it (called only if a trial was lost).
     """
     lost = {t.trial_id: t.mlflow_run_id for t in store.list_trials(job_id)
             if t.status in ("pending", "running")}
@@ -197,6 +198,8 @@ def _close_orphans(store: Any, job_id: str, mlflow_client: Any = None,
                                                  "error": "lost when the driver restarted"})
     if mlflow_client is None or not lost:
         return
+    if callable(mlflow_client):  # a function that makes it: most jobs lose no trial
+        mlflow_client = mlflow_client()
     try:
         runs = {run_id for run_id in lost.values() if run_id}
         if experiment_id is not None and len(runs) < len(lost):
@@ -209,6 +212,15 @@ def _close_orphans(store: Any, job_id: str, mlflow_client: Any = None,
             mlflow_client.set_terminated(run_id, "FAILED")
     except Exception:  # noqa: BLE001 - the job's answer matters more
         log.exception("could not end the MLflow runs of lost trials %s", sorted(lost))
+
+
+def _bulk_store(settings: Any) -> Any:
+    """The bulk path for the parent run (workers.tune.mlflow_bulk), or None."""
+    if not settings.mlflow_bulk_metrics:
+        return None
+    from workers.tune.mlflow_bulk import BulkStore
+
+    return BulkStore.for_uri(settings.mlflow_uri)
 
 
 def run(job_id: str) -> int:
@@ -245,7 +257,8 @@ def run(job_id: str) -> int:
     taken_over = sum(store.count_trials_by_status(job_id).values()) > 0
     parent = mlflow_cb = None
     try:
-        parent = ParentRun(settings.mlflow_uri, settings.artifact_root, job_id, spec, job.owner)
+        parent = ParentRun(settings.mlflow_uri, settings.artifact_root, job_id, spec, job.owner,
+                           bulk=_bulk_store(settings))
         store.update_job(job_id, mlflow_experiment_id=parent.experiment_id,
                          mlflow_parent_run_id=parent.run_id)
         store.add_event(job_id, "job_started", {"mlflow_parent_run_id": parent.run_id})
@@ -259,7 +272,7 @@ def run(job_id: str) -> int:
         run_rounds(spec, job, store, settings, [MissingCheckpointGuard(), mlflow_cb, store_cb])
         if not mlflow_cb.close():  # every queued MLflow write done before the answer
             log.warning("some MLflow writes of job %s were not made (see above)", job_id)
-        _close_orphans(store, job_id, mlflow_cb.client, parent.experiment_id)
+        _close_orphans(store, job_id, lambda: mlflow_cb.client, parent.experiment_id)
         if taken_over:
             from workers.tune.backfill import backfill
 
@@ -268,7 +281,12 @@ def run(job_id: str) -> int:
         parent.finish(answer, "FINISHED")
         if store.transition(job_id, from_statuses={"running"}, to="succeeded", best=answer):
             store.add_event(job_id, "job_succeeded", {"best": answer})
-        # Figures after the answer: /best need not wait the ~2 s they take to render.
+        # The spec artifact and figures after the answer: /best need not wait for
+        # MLflow's import and artifact store, nor the ~2 s figures take to render.
+        try:
+            parent.log_spec()
+        except Exception:  # noqa: BLE001 - the answer stands; the run lacks its spec
+            log.exception("could not log the spec of job %s to MLflow", job_id)
         from workers.tune.figures import log_job_figures
 
         log_job_figures(parent, spec, store.list_trials(job_id))
@@ -282,6 +300,10 @@ def run(job_id: str) -> int:
             store.add_event(job_id, "job_failed", {"error": message[:4000]})
             if parent is not None:
                 parent.finish(None, "FAILED")
+                try:
+                    parent.log_spec()
+                except Exception:  # noqa: BLE001 - the job is failed either way
+                    log.exception("could not log the spec of job %s to MLflow", job_id)
         return 1
 
 

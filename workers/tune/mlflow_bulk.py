@@ -1,4 +1,4 @@
-"""A job's child runs written straight into an MLflow SQL store, many rows per statement.
+"""A job's MLflow runs written straight into an MLflow SQL store, many rows per statement.
 
 Why: through MLflow 3.17's client a child run costs three calls before a single
 metric (``create_run``, ``log_batch`` for its params, ``set_terminated``), each a
@@ -6,7 +6,9 @@ session that re-reads the run, about 4 ms of CPU apiece here, and ``log_batch``
 builds an ORM object per metric value and re-reads ``latest_metrics`` on every
 call. The driver makes one such run per trial (per member, for a population of
 64), in a thread that competes with the trials for the cores. MLflow has no bulk
-path; this is one, for exactly what the driver writes: its own child runs.
+path; this is one, for exactly what the driver writes: its own child runs, and
+its experiment and parent run (``workers.tune.tracking``), so that a driver on the
+bulk path imports MLflow (about 2 s of CPU) only after the job's answer.
 ``python -m bench --only B6`` measures both ways; BENCHMARKS.md has the figures.
 
 It writes the rows MLflow's own calls write, by MLflow's rules
@@ -21,8 +23,13 @@ It writes the rows MLflow's own calls write, by MLflow's rules
   skipped, as MLflow skips it;
 * ``latest_metrics``: per key, the value with the greatest (step, timestamp,
   value), replacing the stored one only if it is strictly greater;
-* ``tags``: set or replaced; ``end``: the run's status and end time. A run that
-  is not active (deleted, missing) gets nothing.
+* ``tags``: set or replaced; ``params``: added, a changed value refused; ``end``:
+  the run's status and end time. A run that is not active (deleted, missing) gets
+  nothing;
+* ``create_experiment``: an ``experiments`` row (workspace "default", as MLflow's
+  plain SQL store writes it) and its tags, only for an absolute local artifact
+  location (MLflow derives or resolves any other); lookups by experiment name and
+  by run tags read what ``get_experiment_by_name`` and ``search_runs`` read.
 
 Whatever MLflow would refuse or treat specially (a deleted run or experiment, a
 key or value MLflow's validation rejects, ``mlflow.runName`` set later, an unknown
@@ -40,6 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from typing import Any, Iterable
@@ -58,8 +66,11 @@ RUN_COLUMNS = ("run_uuid", "name", "source_type", "source_name", "entry_point_na
 #: table -> its columns, exactly; experiments: the columns read, at least.
 TABLES = {"metrics": METRIC_COLUMNS, "latest_metrics": METRIC_COLUMNS, "runs": RUN_COLUMNS,
           "tags": KV_COLUMNS, "params": KV_COLUMNS,
-          "experiments": ("experiment_id", "artifact_location", "lifecycle_stage")}
-EXACT = ("metrics", "latest_metrics", "runs", "tags", "params")
+          "experiments": ("experiment_id", "name", "artifact_location", "lifecycle_stage",
+                          "creation_time", "last_update_time", "workspace"),
+          "experiment_tags": ("key", "value", "experiment_id")}
+EXACT = tuple(TABLES)
+WORKSPACE = "default"  # mlflow's DEFAULT_WORKSPACE_NAME: what its plain SQL store writes
 STATUSES = ("SCHEDULED", "FAILED", "FINISHED", "RUNNING", "KILLED")
 RUN_NAME_TAG, USER_TAG = "mlflow.runName", "mlflow.user"
 
@@ -104,30 +115,51 @@ def newest_per_key(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(best.values())
 
 
+#: Keys MLflow always accepts (alphanumerics, "_", ".", "-"; not a path; at most 250
+#: characters): checked here, without importing MLflow. Any other key goes to MLflow's
+#: own validators.
+PLAIN_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,249}")
+LIMITS = {"param": 6000, "tag": 8000}  # mlflow.utils.validation MAX_PARAM/TAG_VAL_LENGTH
+
+
 class Validator:
-    """MLflow's own checks on keys and values (``mlflow.utils.validation``), each
-    distinct key checked once: what they reject, or would truncate, is refused."""
+    """MLflow's checks on keys and values, each distinct key checked once: what they
+    reject, or would truncate, is refused. Plain keys (``PLAIN_KEY``) need no MLflow
+    import, which keeps MLflow's 1.5 s import off the driver's start."""
 
     def __init__(self) -> None:
-        from mlflow.utils import validation
-
-        self._v = validation
         self._seen: set[tuple[str, str]] = set()
 
     def check(self, kind: str, key: str, value: str | None = None) -> None:
-        v = self._v
-        limit = {"param": v.MAX_PARAM_VAL_LENGTH, "tag": v.MAX_TAG_VAL_LENGTH}.get(kind)
-        try:
-            if (kind, key) not in self._seen:
-                {"param": v._validate_param_name, "tag": v._validate_tag_name,
-                 "metric": v._validate_metric_name}[kind](key)
-                if len(key) > v.MAX_ENTITY_KEY_LENGTH:
-                    raise ValueError(f"{kind} key longer than {v.MAX_ENTITY_KEY_LENGTH}")
-                self._seen.add((kind, key))
-        except Exception as exc:  # noqa: BLE001 - MLflow's client says it properly
-            raise Refused(f"{kind} {key!r}: {exc}") from exc
+        limit = LIMITS.get(kind)
+        if (kind, key) not in self._seen:
+            if not (isinstance(key, str) and PLAIN_KEY.fullmatch(key)):
+                self._mlflow_check(kind, key)
+            self._seen.add((kind, key))
         if limit is not None and (not isinstance(value, str) or len(value) > limit):
             raise Refused(f"{kind} {key!r}: not a string of at most {limit} characters")
+
+    @staticmethod
+    def _mlflow_check(kind: str, key: str) -> None:
+        try:
+            from mlflow.utils import validation as v
+
+            {"param": v._validate_param_name, "tag": v._validate_tag_name,
+             "metric": v._validate_metric_name}[kind](key)
+            if len(key) > v.MAX_ENTITY_KEY_LENGTH:
+                raise ValueError(f"{kind} key longer than {v.MAX_ENTITY_KEY_LENGTH}")
+        except Exception as exc:  # noqa: BLE001 - MLflow's client says it properly
+            raise Refused(f"{kind} {key!r}: {exc}") from exc
+
+
+def artifact_uri(location: str, run_id: str) -> str:
+    """``append_to_uri_path(location, run_id, "artifacts")`` as MLflow computes a run's
+    artifact URI; a local path or plain ``file:`` URI without MLflow's import."""
+    if location.startswith(("/", "file://")) and not any(c in location for c in "?#;\\"):
+        return f"{location.rstrip('/')}/{run_id}/artifacts"
+    from mlflow.utils.uri import append_to_uri_path
+
+    return append_to_uri_path(location, run_id, "artifacts")
 
 
 class BulkStore:
@@ -175,12 +207,36 @@ class BulkStore:
             return None
         return store
 
+    def create_experiment(self, name: str, artifact_location: str | None,
+                          tags: dict[str, str]) -> str:
+        """A new experiment as ``MlflowClient.create_experiment`` makes it; returns its
+        id. Only for an absolute local artifact location (MLflow derives the others);
+        a name already taken is refused (the caller then finds that experiment)."""
+        plain = artifact_location and artifact_location.startswith(("/", "file:///")) \
+            and len(artifact_location) <= 256 and not any(c in artifact_location
+                                                          for c in "?#;\\")
+        if not (plain and isinstance(name, str) and 0 < len(name) <= 256):
+            raise Refused(f"experiment {name!r} at {artifact_location!r}: MLflow's client")
+        for key, value in tags.items():
+            self.valid.check("tag", key, value)
+        now = int(time.time() * 1000)
+        try:
+            with self.engine.begin() as conn:
+                made = conn.execute(self.t["experiments"].insert().values(
+                    name=name, artifact_location=artifact_location, lifecycle_stage="active",
+                    creation_time=now, last_update_time=now, workspace=WORKSPACE)
+                ).inserted_primary_key[0]
+                if tags:
+                    conn.execute(self.t["experiment_tags"].insert(), [
+                        {"key": k, "value": v, "experiment_id": made} for k, v in tags.items()])
+        except sa.exc.IntegrityError as exc:  # made meanwhile, by another driver
+            raise Refused(f"experiment {name!r} exists") from exc
+        return str(made)
+
     def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str],
                    params: dict[str, str] | None = None, start_time: int | None = None) -> str:
         """A new RUNNING run with its tags and params, as ``MlflowClient.create_run``
         followed by ``log_batch(params=...)``; returns its id."""
-        from mlflow.utils.uri import append_to_uri_path
-
         tags = dict(tags)
         if tags.setdefault(RUN_NAME_TAG, run_name) != run_name:
             raise Refused(f"run_name {run_name!r} differs from its {RUN_NAME_TAG} tag")
@@ -202,7 +258,7 @@ class BulkStore:
                 entry_point_name="", user_id=tags.get(USER_TAG, "unknown"), status="RUNNING",
                 start_time=int(start_time or time.time() * 1000), end_time=None,
                 source_version="", lifecycle_stage="active",
-                artifact_uri=append_to_uri_path(found.artifact_location, run_id, "artifacts"),
+                artifact_uri=artifact_uri(found.artifact_location, run_id),
                 experiment_id=int(experiment_id), deleted_time=None))
             conn.execute(self.t["tags"].insert(), [
                 {"key": k, "value": v, "run_uuid": run_id} for k, v in tags.items()])
@@ -212,12 +268,15 @@ class BulkStore:
         return run_id
 
     def write_run(self, run_id: str, metrics: Iterable[tuple[str, float, int, int]] = (),
-                  tags: dict[str, str] | None = None, end: tuple[str, int] | None = None
-                  ) -> int:
-        """Metric values (key, value, timestamp, step), tags, then the run's end
-        (status, end time in ms), in one transaction; returns the distinct values sent."""
+                  tags: dict[str, str] | None = None, end: tuple[str, int] | None = None,
+                  params: dict[str, str] | None = None) -> int:
+        """Metric values (key, value, timestamp, step), tags, params, then the run's end
+        (status, end time in ms), in one transaction; returns the distinct values sent.
+        A param already logged with another value is refused, as MLflow refuses it."""
         rows = metric_rows(run_id, metrics)
-        tags = tags or {}
+        tags, params = tags or {}, params or {}
+        for key, value in params.items():
+            self.valid.check("param", key, value)
         for key in {row["key"] for row in rows}:
             self.valid.check("metric", key)
         if RUN_NAME_TAG in tags:
@@ -226,14 +285,23 @@ class BulkStore:
             self.valid.check("tag", key, value)
         if end is not None and end[0] not in STATUSES:
             raise Refused(f"status {end[0]!r} is not one of {', '.join(STATUSES)}")
-        if not (rows or tags or end):
+        if not (rows or tags or end or params):
             return 0
-        runs = self.t["runs"]
+        runs, logged = self.t["runs"], self.t["params"]
         with self.engine.begin() as conn:
             stage = conn.execute(sa.select(runs.c.lifecycle_stage)
                                  .where(runs.c.run_uuid == run_id)).scalar()
             if stage != "active":
                 raise RunNotActive(f"run {run_id} is {stage or 'missing'}, not active")
+            if params:
+                held = dict(conn.execute(sa.select(logged.c.key, logged.c.value).where(
+                    logged.c.run_uuid == run_id, logged.c.key.in_(list(params)))).all())
+                if any(held[k] != v for k, v in params.items() if k in held):
+                    raise Refused(f"run {run_id}: a param already logged with another value")
+                new = [{"key": k, "value": v, "run_uuid": run_id}
+                       for k, v in params.items() if k not in held]
+                if new:
+                    conn.execute(logged.insert(), new)
             if rows:
                 conn.execute(self._insert_metrics, rows)
                 conn.execute(self._upsert_latest, newest_per_key(rows))
@@ -244,6 +312,29 @@ class BulkStore:
                 conn.execute(runs.update().where(runs.c.run_uuid == run_id)
                              .values(status=end[0], end_time=int(end[1])))
         return len(rows)
+
+    def experiment_id(self, name: str) -> str | None:
+        """The id of the experiment of this name, or None: ``get_experiment_by_name``."""
+        experiments = self.t["experiments"]
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(experiments.c.experiment_id)
+                                 .where(experiments.c.name == name)).scalar()
+        return None if found is None else str(found)
+
+    def runs_tagged(self, experiment_id: str, tags: dict[str, str], label: str
+                    ) -> list[tuple[str, str | None]]:
+        """(run id, its ``label`` tag) of the experiment's active runs that carry all of
+        ``tags``, newest first: what ``search_runs`` with those tag filters returns."""
+        runs, t = self.t["runs"], self.t["tags"]
+        query = sa.select(runs.c.run_uuid, sa.select(t.c.value).where(
+            t.c.run_uuid == runs.c.run_uuid, t.c.key == label).scalar_subquery()).where(
+            runs.c.experiment_id == int(experiment_id), runs.c.lifecycle_stage == "active")
+        for key, value in tags.items():
+            query = query.where(sa.exists().where(t.c.run_uuid == runs.c.run_uuid,
+                                                  t.c.key == key, t.c.value == value))
+        with self.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(  # type: ignore[misc]
+                query.order_by(runs.c.start_time.desc(), runs.c.run_uuid)).all()]
 
     def log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float, int, int]]) -> int:
         """Metric values only; returns how many distinct values were sent."""

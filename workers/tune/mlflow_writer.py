@@ -43,7 +43,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from workers.tune.mlflow_runs import batches, child_run_tags, job_runs
+from workers.tune.mlflow_runs import LazyClient, batches, child_run_tags, job_runs
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +206,8 @@ class MlflowWriter:
             cpu = time.thread_time()
             try:
                 if client is None:
-                    client = self._client_factory()
                     self._bulk = self._make_bulk()
+                    client = LazyClient(self._client_factory)
                 for unit, ops in work.items():
                     self._write_unit(client, unit, ops)
             except BaseException:  # noqa: BLE001 - the thread must outlive any failure
@@ -242,8 +242,6 @@ class MlflowWriter:
 
     def _write_unit(self, client: Any, unit: str, ops: list[_Op]) -> None:
         """Write one unit's queued operations in order, coalescing data between barriers."""
-        from mlflow.entities import Metric, Param, RunTag
-
         for op in ops:
             if op.kind == "open":
                 self._open_params.setdefault(unit, op.params)
@@ -268,6 +266,8 @@ class MlflowWriter:
             # params: a run the client made (the bulk path writes them with the run);
             # they share the client's call with what else is pending.
             if params or not self._write_bulk(run_id, metrics, tags, end):
+                from mlflow.entities import Metric, Param, RunTag
+
                 if metrics or params or tags:
                     for m, p, t in batches([Metric(*x) for x in metrics],
                                            [Param(k, v) for k, v in params.items()],
@@ -356,6 +356,14 @@ class MlflowWriter:
         (a PBT trial's config may have changed since; MLflow refuses changed params).
         """
         if self._known is None:  # one search per writer, not one per trial
+            tagged = self._bulk_call("runs_tagged", self.experiment_id,
+                                     {"regtune.job_id": self.job_id}, "regtune.trial_id")
+            if tagged is not None:
+                self._known = {}
+                for run_id, trial_id in tagged:  # newest first, as job_runs keeps them
+                    if trial_id:
+                        self._known.setdefault(trial_id, run_id)
+        if self._known is None:
             found_runs = job_runs(
                 lambda *a, **kw: self._call("search_runs", client.search_runs, *a, **kw),
                 self.experiment_id, self.job_id)

@@ -243,10 +243,12 @@ def test_the_writer_writes_child_runs_in_bulk(mlflow_db: str, client: Any) -> No
     w = writer(mlflow_db, lambda: BulkStore.for_uri(mlflow_db))
     write_two_trials(w)
     check_runs(client, w)
-    # Per run: one transaction to make it (tags, params), one for its values and end.
-    assert w.stats["bulk_calls"] == 4
-    assert {"create_run (bulk SQL)", "write_run (bulk SQL)"} <= set(w.cpu_by_call)
-    assert not {"create_run", "log_batch", "set_terminated"} & set(w.cpu_by_call)
+    # One look for runs an earlier driver made; per run, one transaction to make it
+    # (tags, params) and one for its values and end. MLflow's client is never made.
+    assert w.stats["bulk_calls"] == 5
+    assert {"runs_tagged (bulk SQL)", "create_run (bulk SQL)",
+            "write_run (bulk SQL)"} <= set(w.cpu_by_call)
+    assert not {"search_runs", "create_run", "log_batch", "set_terminated"} & set(w.cpu_by_call)
 
 
 def test_a_refused_call_goes_to_mlflows_client(mlflow_db: str, client: Any) -> None:
@@ -275,7 +277,7 @@ class BrokenBulk:
         self.calls += 1
         raise self.error
 
-    write_run = create_run
+    write_run = runs_tagged = create_run
 
     def close(self) -> None:
         self.closed = True
@@ -298,7 +300,7 @@ def test_a_refused_run_falls_back_for_that_call_only(mlflow_db: str, client: Any
     w = writer(mlflow_db, lambda: refusing)
     write_two_trials(w)
     check_runs(client, w)
-    assert refusing.calls == 2  # not dropped: asked again for the second run
+    assert refusing.calls == 3  # not dropped: the search, then each run's creation
 
 
 def test_a_bulk_path_that_cannot_be_made_leaves_log_batch(mlflow_db: str, client: Any) -> None:
@@ -323,5 +325,5 @@ def test_a_callback_from_an_older_snapshot_writes_in_bulk(mlflow_db: str, client
     del cb.__dict__["bulk_metrics"]
     w = cb.writer
     w.log("t0", {"loss": 1.0}, 1000, 1, open_params={"lr": 0.1})
-    assert w.close() and w.stats["bulk_calls"] == 2
+    assert w.close() and w.stats["bulk_calls"] == 3
     assert client.get_run(w.run_ids["t0"]).data.metrics == {"loss": 1.0}
