@@ -151,8 +151,27 @@ def build_tuner(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks
             failure_config=tune.FailureConfig(max_failures=1), verbose=1))
 
 
+def skip_callback_census() -> None:
+    """Turn off Ray's usage tag of Tune callbacks in this driver.
+
+    Why: ``tune.run`` tags callback usage (``ray.air._internal.usage.tag_callbacks``)
+    by importing every integration it knows to compare class names, and
+    ``ray.air.integrations.mlflow`` imports MLflow itself: 1.5 s of CPU before the
+    first trial starts, which the bulk path otherwise spares the driver (see
+    ``workers.tune.tracking``). The tag is usage telemetry only; if Ray moves it, this
+    does nothing, and ``tests/workers/tune/test_driver_imports.py`` says so.
+    """
+    try:
+        from ray.air._internal import usage
+    except ImportError:  # pragma: no cover - Ray reorganised: nothing to turn off
+        return
+    if hasattr(usage, "tag_callbacks"):
+        usage.tag_callbacks = lambda callbacks: False
+
+
 def run_rounds(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks: list) -> None:
     """Rounds until the job's finished trials reach num_trials (or no progress is made)."""
+    skip_callback_census()
     for _ in range(MAX_ROUNDS):
         before = finished_trials(store, job.id)
         name = open_round(store, job.id)
