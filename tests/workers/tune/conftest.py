@@ -26,6 +26,21 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql",
+                                                               marks=pytest.mark.postgres)])
+def mlflow_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An MLflow store made by MLflow itself (its tables, its migrations), on SQLite and
+    on PostgreSQL; one per test module, whose tests use names of their own."""
+    from mlflow.tracking import MlflowClient
+
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    else:
+        uri = request.getfixturevalue("pg_database_factory")()
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    return uri
+
+
 @pytest.fixture
 def harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_local: None,
             mlflow_uri: str) -> Iterator[LocalRunner]:

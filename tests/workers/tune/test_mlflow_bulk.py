@@ -33,20 +33,6 @@ CALLS = [
 KEYS = ("loss", "acc", "g")
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql",
-                                                               marks=pytest.mark.postgres)])
-def mlflow_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An MLflow store made by MLflow itself (its tables, its migrations)."""
-    from mlflow.tracking import MlflowClient
-
-    if request.param == "sqlite":
-        uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    else:
-        uri = request.getfixturevalue("pg_database_factory")()
-    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    return uri
-
-
 @pytest.fixture
 def client(mlflow_db: str) -> Any:
     from mlflow.tracking import MlflowClient

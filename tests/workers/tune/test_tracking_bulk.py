@@ -22,18 +22,9 @@ BEST = {"metric": 0.9, "config": {"reg_lambda": 0.001, "l1_ratio": 0.5}, "trial_
         "mlflow_run_id": "r1"}
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql",
-                                                               marks=pytest.mark.postgres)])
-def uri(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An MLflow store made by MLflow itself; the tests here use names of their own."""
-    from mlflow.tracking import MlflowClient
-
-    if request.param == "sqlite":
-        made = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    else:
-        made = request.getfixturevalue("pg_database_factory")()
-    MlflowClient(tracking_uri=made).search_experiments(max_results=1)  # MLflow's tables
-    return made
+@pytest.fixture
+def uri(mlflow_db: str) -> str:
+    return mlflow_db
 
 
 def parent_seen(client: Any, run_id: str, job_id: str) -> dict[str, Any]:
