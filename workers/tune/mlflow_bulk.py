@@ -163,8 +163,9 @@ def artifact_uri(location: str, run_id: str) -> str:
 
 
 class BulkStore:
-    """Writes child runs in few statements: one transaction to make a run with its
-    tags and params, one per round for its metrics, tags and end."""
+    """Writes a job's runs in few statements: one transaction to make a run with its
+    tags and params, one per round for its metrics, tags, params and end; and finds
+    or makes the job's experiment."""
 
     def __init__(self, engine: Any, tables: dict[str, Any]) -> None:
         self.engine = engine
