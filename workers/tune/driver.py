@@ -302,10 +302,7 @@ def run(job_id: str) -> int:
             store.add_event(job_id, "job_succeeded", {"best": answer})
         # The spec artifact and figures after the answer: /best need not wait for
         # MLflow's import and artifact store, nor the ~2 s figures take to render.
-        try:
-            parent.log_spec()
-        except Exception:  # noqa: BLE001 - the answer stands; the run lacks its spec
-            log.exception("could not log the spec of job %s to MLflow", job_id)
+        parent.log_spec()
         from workers.tune.figures import log_job_figures
 
         log_job_figures(parent, spec, store.list_trials(job_id))
@@ -319,10 +316,7 @@ def run(job_id: str) -> int:
             store.add_event(job_id, "job_failed", {"error": message[:4000]})
             if parent is not None:
                 parent.finish(None, "FAILED")
-                try:
-                    parent.log_spec()
-                except Exception:  # noqa: BLE001 - the job is failed either way
-                    log.exception("could not log the spec of job %s to MLflow", job_id)
+                parent.log_spec()
         return 1
 
 

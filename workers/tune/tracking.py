@@ -5,11 +5,11 @@ keeps writing under the same parent run instead of starting a second one.
 
 Given the bulk path (``workers.tune.mlflow_bulk``), the run is found, made and
 closed in SQL, and MLflow itself is imported only where the bulk path cannot do
-the work: an experiment whose artifact location MLflow derives, the spec artifact (:meth:`ParentRun.log_spec`, after
-the answer), or a call it refuses. Importing MLflow's SQL store takes about 2 s of
-CPU here (``time python -c "import mlflow.store.tracking.sqlalchemy_store"``), which
-the driver spent before its first trial could start; bench B1's timeline shows the
-driver's start.
+the work: an experiment whose artifact location MLflow derives, the spec artifact
+(:meth:`ParentRun.log_spec`, after the answer), or a call it refuses. Importing
+MLflow's SQL store takes about 2 s of CPU here (``time python -c "import
+mlflow.store.tracking.sqlalchemy_store"``), which the driver spent before its first
+trial could start; bench B1's timeline shows the driver's start.
 """
 
 from __future__ import annotations
@@ -121,10 +121,15 @@ class ParentRun:
         return run.info.run_id
 
     def log_spec(self) -> None:
-        """The spec as the run's ``spec.json`` artifact, if not yet there."""
-        if not self.spec_logged:
+        """The spec as the run's ``spec.json`` artifact, if not yet there. Called once
+        the job has its answer (or has failed): a failure here is logged, not raised."""
+        if self.spec_logged:
+            return
+        try:
             self.client.log_dict(self.run_id, self.spec.model_dump(mode="json"), "spec.json")
             self.spec_logged = True
+        except Exception:  # noqa: BLE001 - the job's outcome stands; the run lacks its spec
+            log.exception("could not log the spec of job %s to MLflow", self.job_id)
 
     def finish(self, best: dict[str, Any] | None, status: str) -> None:
         metric = f"best_{self.spec.objective.metric}"
