@@ -52,8 +52,7 @@ def create_app(settings: Settings | None = None, *, store: Any = None, launcher:
         if ctx_launcher is None:
             from service.launcher import connect
 
-            init_mlflow(cfg.mlflow_uri)
-            ctx_launcher, head = connect(cfg)
+            ctx_launcher, head = connect(cfg, while_starting=lambda: init_mlflow(cfg.mlflow_uri))
         jobs = JobService(cfg, ctx_store, ctx_launcher)
         ctx = Context(settings=cfg, store=ctx_store, jobs=jobs, launcher=ctx_launcher,
                       head=head, metrics=ops.Metrics())

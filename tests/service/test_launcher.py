@@ -101,3 +101,99 @@ def test_local_head_starts_under_nice_so_its_trials_inherit_it(tmp_path, monkeyp
     assert Settings(_env_file=None).ray_nice == 0
     with pytest.raises(ValueError):
         Settings(_env_file=None, ray_nice=20)
+
+
+def _group_gone(pgid: int, within_s: float = 15.0) -> bool:
+    """No process of the group left, once the killed ones are reaped (zombies count)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+def test_local_head_boots_while_the_service_prepares_and_stops_with_its_whole_group(
+        tmp_path, monkeypatch) -> None:
+    """connect() launches the head, runs ``while_starting`` during its boot (the service
+    makes MLflow's tables then), and only then waits for the head; stop() leaves no
+    process of the head's group behind."""
+    import os
+
+    from service.launcher import connect
+
+    settings = _head_settings(tmp_path, monkeypatch)
+    seen: list[tuple[bool, bool]] = []
+
+    def prepare() -> None:
+        heads = _processes_mentioning(_head_dir(settings), wait_s=10)
+        seen.append((bool(heads), (tmp_path / "ray_auth_token").exists()))
+
+    launcher, head = connect(settings, while_starting=prepare)
+    try:
+        assert seen == [(True, True)]  # ran once, with the head's processes already started
+        assert launcher.ping()
+        pgid = os.getpgid(head.process.pid)
+    finally:
+        launcher.close()
+        head.stop()
+    assert head.process is None and _group_gone(pgid)
+
+
+def test_local_head_is_stopped_when_the_work_during_its_boot_fails(tmp_path, monkeypatch) -> None:
+    from service.launcher import connect
+
+    settings = _head_settings(tmp_path, monkeypatch)
+    groups: list[int] = []
+
+    def fail() -> None:
+        import os
+
+        groups.extend({os.getpgid(p) for p in _processes_mentioning(_head_dir(settings),
+                                                                     wait_s=10)})
+        raise RuntimeError("MLflow's store is unreachable")
+
+    with pytest.raises(RuntimeError, match="unreachable"):
+        connect(settings, while_starting=fail)
+    assert groups and all(_group_gone(g) for g in groups)
+
+
+def _head_settings(tmp_path: Path, monkeypatch) -> Settings:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return Settings(_env_file=None, data_dir=tmp_path, ray_num_cpus=1)
+
+
+def _head_dir(settings: Settings) -> str:
+    """The head's --temp-dir: it is on the command line of every process the head starts."""
+    from service.launcher.local_head import _temp_dir
+
+    return str(_temp_dir(settings.data_path))
+
+
+def _processes_mentioning(text: str, wait_s: float = 0.0) -> list[int]:
+    """Processes whose command line holds ``text``; waits up to ``wait_s`` for one (a
+    process just forked still shows its parent's command line until it execs)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
