@@ -41,7 +41,8 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
     bare_out, bare_records = run_bare(spec, variants, hook, scratch, probe=not quick)
     _say("B1 bare Ray Tune variants done: " + ", ".join(
         f"{r['mode']} {r['wall']:.1f} s" for r in bare_out["runs"]), t)
-    service, service_records = run_service(spec, hook, scratch, profile=True)
+    # --quick leaves py-spy out: stopping it took 4 s of a quick run, and it loads the cores.
+    service, service_records = run_service(spec, hook, scratch, profile=not quick)
     _say(f"B1 service done: wall {service['wall']:.1f} s", t)
     imports = {} if quick else measure_driver_imports()
 
@@ -213,8 +214,9 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         "The compute hook is a sitecustomize module on PYTHONPATH that wraps "
         "Trainer.train_epoch in every Python process of the run (service, Ray head and "
         "workers); the code under test is not modified.",
-        f"The driver was sampled by py-spy at {DriverProfiler.RATE} Hz with --nonblocking "
-        "while the timed job ran (a small extra load on the 2 cores).",
+        (f"The driver was sampled by py-spy at {DriverProfiler.RATE} Hz with --nonblocking "
+         "while the timed job ran (a small extra load on the 2 cores)." if not quick else
+         "--quick: the driver is not sampled by py-spy (the full run is)."),
     ]
     return {"id": "B1", "title": "Overhead: the service vs bare Ray Tune vs a process pool",
             "command": command_for("B1", quick), "tables": tables, "plots": plots,
