@@ -105,8 +105,7 @@ class SqlJobStore(SqlUsers, SqlQueue, JobStore):
     # --- jobs -----------------------------------------------------------------------------
 
     def _job_by_key(self, conn: Connection, owner: str, key: str) -> e.Job | None:
-        row = conn.execute(sa.select(*jobs.c).where(jobs.c.owner == owner,
-                                                    jobs.c.idempotency_key == key)).first()
+        row = conn.execute(q.JOB_BY_KEY, {"owner": owner, "key": key}).first()
         return to_job(row) if row is not None else None
 
     def create_job(self, *, name: str, owner: str, spec: dict[str, Any], num_trials: int,
@@ -134,14 +133,14 @@ class SqlJobStore(SqlUsers, SqlQueue, JobStore):
                         if existing is not None:
                             return existing, False
                     now = e.utcnow()
-                    row = conn.execute(jobs.insert().values(
+                    row = conn.execute(q.INSERT_JOB, dict(
                         id=new_job_id(), name=name, owner=owner, status=e.QUEUED, spec=spec,
                         num_trials=int(num_trials), created_at=now,
                         idempotency_key=idempotency_key,
                         event_seq=0 if first_event is None else 1, trial_count=0,
-                    ).returning(*jobs.c)).one()
+                    )).one()
                     if first_event is not None:
-                        conn.execute(events.insert().values(
+                        conn.execute(q.INSERT_EVENT, dict(
                             job_id=row.id, seq=1, kind=kind, payload=body, created_at=now))
                     bump_queued(conn, owner, 1)
                     return to_job(row), True

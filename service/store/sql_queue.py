@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from service.store import entities as e
 from service.store import queries as q
@@ -135,7 +134,4 @@ def _last_started(conn: Any) -> dict[str, datetime]:
 def bump_queued(conn: Any, owner: str, delta: int) -> None:
     """Add ``delta`` to ``owner``'s kept count of queued jobs, in the caller's transaction
     (the one that changes the job's status): an upsert, so a first job makes the row."""
-    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)
-    conn.execute(insert(queue_owners).values(owner=owner, queued=delta).on_conflict_do_update(
-        index_elements=[queue_owners.c.owner],
-        set_={"queued": queue_owners.c.queued + delta}))
+    conn.execute(q.BUMP_QUEUED[conn.dialect.name], {"owner": owner, "delta": delta})
