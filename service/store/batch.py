@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from service.store import queries as q
 from service.store.entities import Trial
 from service.store.rows import to_trial
 from service.store.schema import events, jobs, trials
@@ -27,9 +28,7 @@ from service.store.schema import events, jobs, trials
 #: Below this many trials or events, row by row costs less than the extra SELECT.
 BATCH_MIN = 4
 
-_JOB, _TRIAL = "b_job_id", "b_trial_id"
-_UPDATE = trials.update().where(trials.c.job_id == sa.bindparam(_JOB),
-                                trials.c.trial_id == sa.bindparam(_TRIAL))
+_JOB, _TRIAL, _UPDATE = q.B_JOB, q.B_TRIAL, q.UPDATE_TRIAL
 _INSERT_EVENTS = events.insert()
 
 

@@ -80,3 +80,16 @@ def _bump_queued(insert: type) -> sa.Insert:
 
 
 BUMP_QUEUED = {"postgresql": _bump_queued(postgresql.insert), "sqlite": _bump_queued(sqlite.insert)}
+
+# Every result of every trial (SqlJobStore.record, in the driver's loop while the trial
+# waits), and update_job: the SET clause comes from the parameters' keys, the row from
+# these bound names (not column names, which SQLAlchemy would take for SET columns).
+B_JOB, B_TRIAL = "b_job_id", "b_trial_id"
+TRIAL_ROW = (trials.c.job_id == sa.bindparam(B_JOB), trials.c.trial_id == sa.bindparam(B_TRIAL))
+UPDATE_TRIAL = trials.update().where(*TRIAL_ROW)
+UPDATE_TRIAL_RETURNING = UPDATE_TRIAL.returning(*trials.c)
+NEXT_EVENT_SEQ = (jobs.update().where(jobs.c.id == sa.bindparam(B_JOB))
+                  .values(event_seq=jobs.c.event_seq + 1).returning(jobs.c.event_seq))
+INSERT_EVENT_RETURNING = events.insert().returning(*events.c)
+UPDATE_JOB = jobs.update().where(jobs.c.id == sa.bindparam(B_JOB))
+UPDATE_JOB_RETURNING = UPDATE_JOB.returning(*jobs.c)

@@ -195,8 +195,7 @@ class SqlJobStore(SqlUsers, SqlQueue, JobStore):
             raise NotFound(f"no job {job_id!r}")
         with self._write() as conn:
             if fields:
-                row = conn.execute(jobs.update().where(jobs.c.id == job_id).values(**fields)
-                                   .returning(*jobs.c)).first()
+                row = conn.execute(q.UPDATE_JOB_RETURNING, {**fields, q.B_JOB: job_id}).first()
             else:
                 row = conn.execute(sa.select(*jobs.c).where(jobs.c.id == job_id)).first()
         if row is None:
@@ -270,7 +269,7 @@ class SqlJobStore(SqlUsers, SqlQueue, JobStore):
             elif not batch.insert_events(conn, job_id, items, now):
                 raise NotFound(f"no job {job_id!r}")
             if best is not None:
-                conn.execute(jobs.update().where(jobs.c.id == job_id).values(best=best))
+                conn.execute(q.UPDATE_JOB, {"best": best, q.B_JOB: job_id})
         return out
 
     @staticmethod
@@ -285,11 +284,10 @@ class SqlJobStore(SqlUsers, SqlQueue, JobStore):
     @staticmethod
     def _upsert_in(conn: Connection, job_id: str, trial_id: str, values: dict[str, Any],
                    now: datetime) -> e.Trial:
-        key = (trials.c.job_id == job_id, trials.c.trial_id == trial_id)
+        update = {**values, "updated_at": now, q.B_JOB: job_id, q.B_TRIAL: trial_id}
         # The hot path (a report for a known trial) touches only the trial row,
         # so metric reports never wait on the job row that cancels update.
-        row = conn.execute(trials.update().where(*key).values(**values, updated_at=now)
-                           .returning(*trials.c)).first()
+        row = conn.execute(q.UPDATE_TRIAL_RETURNING, update).first()
         if row is not None:
             return to_trial(row)
         # New trial: lock the job row, so concurrent inserts get distinct indexes.
@@ -297,8 +295,7 @@ class SqlJobStore(SqlUsers, SqlQueue, JobStore):
                              .with_for_update()).scalar_one_or_none()
         if index is None:
             raise NotFound(f"no job {job_id!r}")
-        row = conn.execute(trials.update().where(*key).values(**values, updated_at=now)
-                           .returning(*trials.c)).first()
+        row = conn.execute(q.UPDATE_TRIAL_RETURNING, update).first()
         if row is not None:  # inserted by someone else while we waited for the lock
             return to_trial(row)
         conn.execute(jobs.update().where(jobs.c.id == job_id).values(trial_count=index + 1))
@@ -356,14 +353,11 @@ class SqlJobStore(SqlUsers, SqlQueue, JobStore):
                   now: datetime) -> Any:
         # Bumping the counter locks the job row until commit: the next writer's
         # bump waits, so seqs are committed (and seen by pollers) in order.
-        seq = conn.execute(jobs.update().where(jobs.c.id == job_id)
-                           .values(event_seq=jobs.c.event_seq + 1)
-                           .returning(jobs.c.event_seq)).scalar_one_or_none()
+        seq = conn.execute(q.NEXT_EVENT_SEQ, {q.B_JOB: job_id}).scalar_one_or_none()
         if seq is None:
             raise NotFound(f"no job {job_id!r}")
-        return conn.execute(events.insert().values(
-            job_id=job_id, seq=seq, kind=kind, payload=body, created_at=now,
-        ).returning(*events.c)).one()
+        return conn.execute(q.INSERT_EVENT_RETURNING, dict(
+            job_id=job_id, seq=seq, kind=kind, payload=body, created_at=now)).one()
 
     def events_since(self, job_id: str, after_seq: int = 0, limit: int = 500) -> list[e.Event]:
         if limit < 0:

@@ -20,7 +20,7 @@ from service.store import entities as e
 from service.store import queries as q
 from service.store.base import QueueCounts
 from service.store.rows import findable, to_job
-from service.store.schema import jobs, queue_owners
+from service.store.schema import jobs
 
 log = logging.getLogger(__name__)
 
