@@ -29,6 +29,8 @@ from pathlib import Path
 
 import httpx
 
+from service.launcher import proctree
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -140,27 +142,43 @@ class LocalRayHead:
         raise RuntimeError(f"the local Ray head did not come up in {timeout:.0f}s; "
                            f"see {self.log_path}")
 
-    def stop(self, grace: float = 1.0) -> None:
-        """SIGTERM to the head's process group; SIGKILL to whatever is left after ``grace``.
+    def stop(self, grace: float = 1.0, drivers_grace: float = 5.0) -> None:
+        """End the head and everything it started, drivers included.
 
-        Why a short grace: the head's processes do their part of a SIGTERM within
+        Job drivers run in sessions of their own (Ray's job agent starts them so),
+        out of reach of a signal to the head's group, and one left behind spins on
+        the lost GCS for a minute. So they are found first, through the process tree
+        (:mod:`service.launcher.proctree`), and given ``drivers_grace`` seconds to end
+        on their own while the head still runs: a driver that has reported its job's
+        answer is still logging figures to MLflow and finishing its parent run
+        (1-2 s). Then they get SIGTERM, the head's group too, and whatever is left
+        after ``grace`` gets SIGKILL.
+
+        Why a short ``grace``: the head's processes do their part of a SIGTERM within
         milliseconds (the raylet's log shows its node unregistered and its agents
         ended 16 ms after the signal), yet ``ray start --block``, the raylet and the
-        GCS then linger for 8 s and more before they exit, and a stop used to wait 5 s
-        for them every time, then SIGKILL them anyway. Nothing is lost by not waiting:
-        the head holds no state the service reads later (the job store, MLflow and
-        Tune's experiment snapshots live in the data directory), and drivers and
-        trials die on the SIGTERM itself. ``ray stop`` also ends with SIGKILL.
+        GCS then linger for 8 s and more; a stop used to wait 5 s for them every
+        time, then SIGKILL them anyway. Nothing is lost by not waiting: the head
+        holds no state the service reads later (the job store, MLflow and Tune's
+        experiment snapshots live in the data directory). ``ray stop`` also ends
+        with SIGKILL.
         """
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
         pgid = os.getpgid(process.pid)
+        drivers = [p for p in proctree.descendants(process.pid) if p.pgid != pgid]
+        deadline = time.monotonic() + drivers_grace
+        while time.monotonic() < deadline and any(map(proctree.alive, drivers)):
+            time.sleep(0.1)
+        proctree.send(drivers, signal.SIGTERM)
         os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _group_alive(process, pgid):
+        while time.monotonic() < deadline and (_group_alive(process, pgid)
+                                               or any(map(proctree.alive, drivers))):
             time.sleep(0.05)
-        # Whatever is left of the group (raylet, gcs, workers) goes now.
+        # Whatever is left (raylet, gcs, workers, a driver ignoring SIGTERM) goes now.
+        proctree.send(drivers, signal.SIGKILL)
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:

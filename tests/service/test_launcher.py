@@ -197,3 +197,45 @@ def _processes_mentioning(text: str, wait_s: float = 0.0) -> list[int]:
         if found or time.monotonic() >= deadline:
             return found
         time.sleep(0.05)
+
+
+def test_stopping_the_head_ends_its_job_drivers_after_letting_finishing_ones_end(
+        tmp_path, monkeypatch) -> None:
+    """Ray starts each job's driver in a session of its own, out of reach of the head's
+    process group: stop() must end them too (one left behind spins on the lost GCS),
+    after giving a driver that is about to end the time to do so."""
+    import sys
+    import time
+
+    from service.launcher.local_head import LocalRayHead
+
+    settings = _head_settings(tmp_path, monkeypatch)
+    head = LocalRayHead(settings.data_path, num_cpus=1)
+    head.start()
+    marker, done = f"regtune-test-driver-{tmp_path.name}", tmp_path / "finished"
+    endless = f"{sys.executable} -c 'import time; time.sleep(300)' {marker}"
+    finishing = (f"{sys.executable} -c 'import pathlib, sys, time; time.sleep(2); "
+                 f"pathlib.Path(sys.argv[1]).touch()' {done}")
+    http = httpx.Client(base_url=head.dashboard_url, timeout=30,
+                        headers={"Authorization": f"Bearer {head.token}"})
+    try:
+        ids = []
+        for entrypoint in (endless, finishing):
+            response = http.post("/api/jobs/", json={"entrypoint": entrypoint,
+                                                     "entrypoint_num_cpus": 0})
+            assert response.status_code == 200, response.text
+            ids.append(response.json()["submission_id"])
+        deadline = time.monotonic() + 60
+        while not _processes_mentioning(marker) or any(
+                http.get(f"/api/jobs/{i}").json()["status"] != "RUNNING" for i in ids):
+            assert time.monotonic() < deadline, "the jobs did not start"
+            time.sleep(0.2)
+        assert not done.exists()
+    finally:
+        http.close()
+        head.stop()
+    assert done.exists()  # the finishing driver was let finish
+    deadline = time.monotonic() + 15  # the killed one is gone once reaped
+    while _processes_mentioning(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_mentioning(marker)
