@@ -8,6 +8,7 @@ torch nor ray: a test checks ``sys.modules`` of a running API process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -55,7 +56,9 @@ def create_app(settings: Settings | None = None, *, store: Any = None, launcher:
             ctx_launcher, head = connect(cfg, while_starting=lambda: init_mlflow(cfg.mlflow_uri))
         jobs = JobService(cfg, ctx_store, ctx_launcher)
         ctx = Context(settings=cfg, store=ctx_store, jobs=jobs, launcher=ctx_launcher,
-                      head=head, metrics=ops.Metrics())
+                      head=head, metrics=ops.Metrics(),
+                      submits=asyncio.Lock() if getattr(ctx_store, "serial_writes", False)
+                      else None)
         if supervise:
             ctx.supervisor = Supervisor(jobs, cfg.supervisor_interval_s)
             ctx.supervisor.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import nullcontext
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -77,7 +78,8 @@ async def submit(request: Request, response: Response, ctx: Ctx, who: Who,
         # A job created just now has no trials yet: no need to count them.
         return job, created, ctx.jobs.view(job, trial_counts={} if created else None)
 
-    job, created, view = await run_in_threadpool(submit_and_view)
+    async with ctx.submits or nullcontext():
+        job, created, view = await run_in_threadpool(submit_and_view)
     if ctx.supervisor is not None and created:
         ctx.supervisor.wake()
     response.status_code = 201 if created else 200

@@ -82,6 +82,10 @@ class QueueCounts:
 class JobStore(ABC):
     """Users, jobs, trials and events of one regtune deployment."""
 
+    #: True where the store writes one transaction at a time (SQLite): a caller with
+    #: many concurrent writers may as well queue them before they reach the store.
+    serial_writes: bool = False
+
     # --- users and tokens ------------------------------------------------------
 
     @abstractmethod

@@ -60,8 +60,8 @@ class SqlJobStore(SqlUsers, SqlQueue, JobStore):
     def __init__(self, url: str | URL, *, migrate: bool = True) -> None:
         self.url = url if isinstance(url, str) else url.render_as_string(hide_password=False)
         self._engine = make_engine(self.url)
-        self._write_lock: Any = (FifoLock() if self._engine.dialect.name == "sqlite"
-                                 else nullcontext())
+        self.serial_writes = self._engine.dialect.name == "sqlite"
+        self._write_lock: Any = FifoLock() if self.serial_writes else nullcontext()
         if migrate:
             with self._engine.connect() as conn:
                 upgrade_connection(conn)

@@ -266,3 +266,37 @@ def test_a_revoked_token_is_refused_on_the_next_request(client_for) -> None:
     refused = client.get(f"/v1/jobs/{job.json()['id']}", headers=headers)
     assert refused.status_code == 401
     assert refused.json()["error"]["fields"][0]["field"] == "header.authorization"
+
+
+def test_concurrent_submits_take_turns_before_the_sqlite_store(client) -> None:
+    """Eight submits at once all land, each with its own job, and on SQLite (one writer)
+    they reach the store one at a time: they queue on the event loop, not as threads
+    parked on the store's lock."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = client.app.state.ctx.jobs
+    assert client.app.state.ctx.submits is not None  # the SQLite store writes serially
+    inside, most, guard = [0], [0], threading.Lock()
+    original = jobs.submit
+
+    def counting_submit(*args, **kwargs):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.02)  # long enough for the others to arrive meanwhile
+            return original(*args, **kwargs)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    jobs.submit = counting_submit
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda i: client.post("/v1/jobs", json={**SMALL,
+                                                                          "name": f"c{i}"}),
+                                  range(8)))
+    assert [r.status_code for r in responses] == [201] * 8
+    assert len({r.json()["id"] for r in responses}) == 8
+    assert most[0] == 1

@@ -70,3 +70,8 @@ def test_register_store(monkeypatch):
     store = open_store("fake://somewhere/x")
     assert isinstance(store, JobStore) and opened == ["fake://somewhere/x"]
     assert "fake" in supported_schemes()
+
+
+def test_only_sqlite_says_it_writes_one_transaction_at_a_time(store, backend) -> None:
+    # The API queues its submits before a store that writes serially (service/api/deps.py).
+    assert store.serial_writes is (backend == "sqlite")
