@@ -23,13 +23,10 @@ from sqlalchemy.engine import Connection, Row
 from service.store import queries as q
 from service.store.entities import Trial
 from service.store.rows import to_trial
-from service.store.schema import events, jobs, trials
+from service.store.schema import jobs, trials
 
 #: Below this many trials or events, row by row costs less than the extra SELECT.
 BATCH_MIN = 4
-
-_JOB, _TRIAL, _UPDATE = q.B_JOB, q.B_TRIAL, q.UPDATE_TRIAL
-_INSERT_EVENTS = events.insert()
 
 
 def worth_batching(checked: Sequence[tuple[str, dict[str, Any]]]) -> bool:
@@ -68,9 +65,9 @@ def update_trials(conn: Connection, job_id: str,
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for trial_id, values in checked:
         groups.setdefault(tuple(sorted(values)), []).append(
-            {**values, "updated_at": now, _JOB: job_id, _TRIAL: trial_id})
+            {**values, "updated_at": now, q.B_JOB: job_id, q.B_TRIAL: trial_id})
     for rows in groups.values():
-        conn.execute(_UPDATE, rows)
+        conn.execute(q.UPDATE_TRIAL, rows)
 
 
 def fetch_trials(conn: Connection, job_id: str, ids: Sequence[str]) -> dict[str, Row[Any]]:
@@ -91,7 +88,7 @@ def insert_events(conn: Connection, job_id: str,
     if last is None:
         return False
     first = last - len(items) + 1
-    conn.execute(_INSERT_EVENTS, [
+    conn.execute(q.INSERT_EVENT, [
         {"job_id": job_id, "seq": first + i, "kind": kind, "payload": body, "created_at": now}
         for i, (kind, body) in enumerate(items)])
     return True

@@ -8,10 +8,9 @@ with parameters by :class:`~service.store.sql.SqlJobStore`.
 from __future__ import annotations
 
 import sqlalchemy as sa
-
-from service.store import entities as e
 from sqlalchemy.dialects import postgresql, sqlite
 
+from service.store import entities as e
 from service.store.schema import events, jobs, queue_owners, trials
 
 # Every job view.
