@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from service.launcher.local_head import _temp_dir, free_port
+from tests.procs import processes_mentioning
 
 pytestmark = pytest.mark.e2e
 
@@ -26,18 +27,6 @@ SPEC = {"name": "e2e-up", "task": "digits", "objective": {"metric": "val_accurac
         "space": {"reg_lambda": {"low": 1e-5, "high": 1e-2, "log": True}},
         "search": {"algorithm": "random", "num_trials": 2, "max_concurrent": 2,
                    "scheduler": "none", "seed": 0}}
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    found.append(int(entry))
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def test_sigterm_stops_the_api_the_mlflow_ui_and_the_ray_head(tmp_path: Path) -> None:

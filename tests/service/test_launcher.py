@@ -11,6 +11,7 @@ import pytest
 from service.launcher.base import submission_id
 from service.launcher.ray_jobs import RayJobsLauncher
 from service.settings import Settings
+from tests.procs import processes_mentioning
 
 
 def recording_launcher(settings: Settings, seen: list[httpx.Request]) -> RayJobsLauncher:
@@ -132,7 +133,7 @@ def test_local_head_boots_while_the_service_prepares_and_stops_with_its_whole_gr
     seen: list[tuple[bool, bool]] = []
 
     def prepare() -> None:
-        heads = _processes_mentioning(_head_dir(settings), wait_s=10)
+        heads = processes_mentioning(_head_dir(settings), wait_s=10)
         seen.append((bool(heads), (tmp_path / "ray_auth_token").exists()))
 
     launcher, head = connect(settings, while_starting=prepare)
@@ -155,7 +156,7 @@ def test_local_head_is_stopped_when_the_work_during_its_boot_fails(tmp_path, mon
     def fail() -> None:
         import os
 
-        groups.extend({os.getpgid(p) for p in _processes_mentioning(_head_dir(settings),
+        groups.extend({os.getpgid(p) for p in processes_mentioning(_head_dir(settings),
                                                                      wait_s=10)})
         raise RuntimeError("MLflow's store is unreachable")
 
@@ -174,29 +175,6 @@ def _head_dir(settings: Settings) -> str:
     from service.launcher.local_head import _temp_dir
 
     return str(_temp_dir(settings.data_path))
-
-
-def _processes_mentioning(text: str, wait_s: float = 0.0) -> list[int]:
-    """Processes whose command line holds ``text``; waits up to ``wait_s`` for one (a
-    process just forked still shows its parent's command line until it execs)."""
-    import os
-    import time
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if text.encode() in f.read():
-                        found.append(int(entry))
-            except OSError:
-                continue
-        if found or time.monotonic() >= deadline:
-            return found
-        time.sleep(0.05)
 
 
 def test_stopping_the_head_ends_its_job_drivers_after_letting_finishing_ones_end(
@@ -226,7 +204,7 @@ def test_stopping_the_head_ends_its_job_drivers_after_letting_finishing_ones_end
             assert response.status_code == 200, response.text
             ids.append(response.json()["submission_id"])
         deadline = time.monotonic() + 60
-        while not _processes_mentioning(marker) or any(
+        while not processes_mentioning(marker) or any(
                 http.get(f"/api/jobs/{i}").json()["status"] != "RUNNING" for i in ids):
             assert time.monotonic() < deadline, "the jobs did not start"
             time.sleep(0.2)
@@ -236,6 +214,6 @@ def test_stopping_the_head_ends_its_job_drivers_after_letting_finishing_ones_end
         head.stop()
     assert done.exists()  # the finishing driver was let finish
     deadline = time.monotonic() + 15  # the killed one is gone once reaped
-    while _processes_mentioning(marker) and time.monotonic() < deadline:
+    while processes_mentioning(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _processes_mentioning(marker)
+    assert not processes_mentioning(marker)
