@@ -43,7 +43,8 @@ from workers.training.device import select_device
 from workers.training.models import ModelShape, build_model
 from workers.training.penalties import penalized_weights
 from workers.training.population_ops import (BATCHABLE_LOSSES, _Member, _batched_loss, _column,
-                                             adam_step, make_member, sgd_step)
+                                             adam_step, add_penalty_grads, make_member,
+                                             sgd_step)
 from workers.training.population_eval import PopulationEvaluation
 from workers.training.population_state import (load_population_state, member_state,
                                                population_state)
@@ -272,31 +273,48 @@ class PopulationTrainer(PopulationEvaluation):
             self._hyper_cache[cache_key] = cached
         return cached
 
-    def _loss_groups(self) -> list[tuple[str, Tensor | None, list[_Member]]]:
+    def _loss_groups(self) -> list[tuple[str, list[int] | None, Tensor | None, list[_Member]]]:
+        """Members grouped by batched loss: (name, positions, positions as a tensor, members).
+
+        Cross-entropy members join the focal ones as focal members with γ = 0 and
+        α = 1 (the same values and gradients, see ``focal_terms``), so a mixed
+        population runs one loss over all rows instead of two over index_select'd
+        halves. ``positions`` is None when the group is the whole population.
+        """
         groups = self._hyper_cache.get("loss_groups")
         if groups is None:
             by_name: dict[str, list[int]] = {}
+            names = {m.setup.loss for m in self._members}
             for k, m in enumerate(self._members):
-                by_name.setdefault(m.setup.loss, []).append(k)
+                name = m.setup.loss
+                if name == "cross_entropy" and "focal" in names:
+                    name = "focal"
+                by_name.setdefault(name, []).append(k)
             if len(by_name) == 1:
-                groups = [(next(iter(by_name)), None, self._members)]
+                groups = [(next(iter(by_name)), None, None, self._members)]
             else:
-                groups = [(name, torch.tensor(rows, dtype=torch.long, device=self.device),
+                groups = [(name, rows, torch.tensor(rows, dtype=torch.long, device=self.device),
                            [self._members[r] for r in rows]) for name, rows in by_name.items()]
             self._hyper_cache["loss_groups"] = groups
         return groups
 
     def _objective(self, out: Tensor, target: Tensor, factors: list[float]) -> Tensor:
-        """Σ over members of (batch-mean prediction loss + factor · penalty)."""
+        """Σ over members of the batch-mean prediction loss.
+
+        The penalty is not part of it: its gradient is added by formula after the
+        backward pass (:meth:`_add_penalty_grads`), which is cheaper than a dozen
+        autograd nodes over the stacked weights and gives the same gradient.
+        """
         kind = self.setups[0].kind
         total: Tensor | None = None
-        for name, rows, members in self._loss_groups():
+        for name, positions, rows, members in self._loss_groups():
             group_out = out if rows is None else out.index_select(0, rows)
-            group_factors = factors if rows is None else [factors[int(r)] for r in rows]
+            group_factors = factors if positions is None else [factors[r] for r in positions]
             mixes = [m.blend * f for m, f in zip(members, group_factors)]
-            base = _batched_loss(name, kind, members, group_out, target)
+            base = _batched_loss(name, kind, members, group_out, target, self._hyper_cache)
             if any(mix != 0.0 for mix in mixes):
-                smooth = _batched_loss("smooth_l1", kind, members, group_out, target)
+                smooth = _batched_loss("smooth_l1", kind, members, group_out, target,
+                                       self._hyper_cache)
                 mix = _column(mixes, base, 1)
                 blended = (1.0 - mix) * base + mix * smooth
                 zero, one = mix == 0.0, mix == 1.0
@@ -306,22 +324,28 @@ class PopulationTrainer(PopulationEvaluation):
             part = per_sample.mean(dim=1).sum()
             total = part if total is None else total + part
         assert total is not None
-        if any(f > 0.0 and m.reg_lambda > 0.0 for f, m in zip(factors, self._members)):
-            total = total + (_column(factors, out, 0) * self._penalty()).sum()
         return total
 
-    def _penalty(self) -> Tensor:
-        """Each member's λ·(r·‖w‖₁ + (1−r)·½‖w‖₂²): shape (K,), as penalties.penalty."""
-        weights = self._params[0::2]
-        ratios = [m.l1_ratio for m in self._members]
-        total = torch.zeros(len(self._members), dtype=weights[0].dtype, device=self.device)
-        if any(r > 0.0 for r in ratios):
-            l1 = sum(w.abs().sum(dim=(1, 2)) for w in weights)
-            total = total + self._hyper("l1_ratio", ratios, 0) * l1
-        if any(r < 1.0 for r in ratios):
-            sq = sum((w * w).sum(dim=(1, 2)) for w in weights)
-            total = total + self._hyper("l2_coef", [(1.0 - r) * 0.5 for r in ratios], 0) * sq
-        return self._hyper("reg_lambda", [m.reg_lambda for m in self._members], 0) * total
+    def _add_penalty_grads(self, factors: list[float]) -> None:
+        """Add ∂/∂w of each member's factor·λ·(r·‖w‖₁ + (1−r)·½‖w‖₂²) to the weights' grads.
+
+        That is factor·λ·r·sgn(w) + factor·λ·(1−r)·w (``penalties.penalty``'s
+        gradient, as autograd computes it for the unbatched trainer); the factors
+        change only while a schedule ramps, so the coefficient columns are cached.
+        """
+        cached = self._hyper_cache.get("penalty")
+        if cached is None or cached[0] != factors:
+            scales = [f * m.reg_lambda if f > 0.0 else 0.0
+                      for f, m in zip(factors, self._members)]
+            l1 = [s * m.l1_ratio for s, m in zip(scales, self._members)]
+            l2 = [s * (1.0 - m.l1_ratio) for s, m in zip(scales, self._members)]
+            like = self._params[0]
+            cached = (list(factors),
+                      _column(l1, like, 0) if any(c != 0.0 for c in l1) else None,
+                      _column(l2, like, 0) if any(c != 0.0 for c in l2) else None)
+            self._hyper_cache["penalty"] = cached
+        coefs = cached[1:]
+        add_penalty_grads(self._params[0::2], *coefs)
 
     def _optimizer_step(self) -> None:
         params = self._params
@@ -365,6 +389,7 @@ class PopulationTrainer(PopulationEvaluation):
         for p in self._params:
             p.grad = None
         objective.backward()
+        self._add_penalty_grads(factors)
         self._optimizer_step()
         self._step += 1
 
