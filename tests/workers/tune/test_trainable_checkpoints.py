@@ -74,6 +74,9 @@ def _trial_processes() -> list[int]:
     return pids
 
 
+EPOCHS = 16
+
+
 def _kill_a_trial_midway(harness, job_id: str, killed: list[int]) -> None:
     """When a trial has recorded 2 epochs, SIGKILL its worker process (once)."""
     deadline = time.monotonic() + 120
@@ -94,7 +97,9 @@ def test_a_killed_trial_is_retried_and_each_epoch_recorded_once(harness, monkeyp
     harness.settings = get_settings()
     spec = tiny("ckpt-kill", algorithm="random", scheduler="none", num_trials=1,
                 max_concurrent=1)
-    spec["train"].update(epochs=8, batch_size=16)  # ~0.1 s epochs
+    # ~0.1 s epochs: the killer (polling every 0.05 s) has ~1.4 s between the trial's
+    # second epoch and its end, not 0.6 s as with 8 epochs, against a stalled poll.
+    spec["train"].update(epochs=EPOCHS, batch_size=16)
     job_id = harness.submit(spec)
     killed: list[int] = []
     killer = threading.Thread(target=_kill_a_trial_midway, args=(harness, job_id, killed))
@@ -104,7 +109,7 @@ def test_a_killed_trial_is_retried_and_each_epoch_recorded_once(harness, monkeyp
     assert killed, "the trial's worker was killed mid-run"
     (trial,) = harness.trials(job.id)
     assert job.status == "succeeded"
-    assert trial.status == "completed" and trial.iteration == 8
+    assert trial.status == "completed" and trial.iteration == EPOCHS
     history = harness.history(job, "val_accuracy")
     steps = [step for step, _ in history[trial.trial_id]]
-    assert steps == list(range(1, 9)), steps  # the re-trained epochs are not logged again
+    assert steps == list(range(1, EPOCHS + 1)), steps  # the re-trained epochs are not logged again
