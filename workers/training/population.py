@@ -12,8 +12,9 @@ Equivalence with the unbatched trainer is the contract, member by member — to
 float32 rounding, not bit for bit (grouped products round differently in the
 last bit): the same initial weights and data order as ``Trainer(setups[i])``,
 each member's own loss, penalty, schedule, ``lr`` and ``momentum`` as (K, 1)
-tensors, an objective that is the *sum* of the members' objectives (so member
-i's gradient is its own), SGD and Adam re-implemented with ``torch.optim``'s
+tensors, an objective that is the *sum* of the members' prediction losses (so
+member i's gradient is its own) with each penalty's gradient added by formula
+(``population_objective``), SGD and Adam re-implemented with ``torch.optim``'s
 single-tensor operations (``population_ops``), one shared dropout mask, and the
 metrics of ``Trainer.train_epoch()``. docs/training.md ("Populations") spells
 out each point and the measured tolerance.
@@ -42,10 +43,10 @@ from workers.training import metrics as M
 from workers.training.device import select_device
 from workers.training.models import ModelShape, build_model
 from workers.training.penalties import penalized_weights
-from workers.training.population_ops import (BATCHABLE_LOSSES, _Member, _batched_loss, _column,
-                                             adam_step, add_penalty_grads, make_member,
-                                             sgd_step)
 from workers.training.population_eval import PopulationEvaluation
+from workers.training.population_objective import PopulationObjective
+from workers.training.population_ops import (BATCHABLE_LOSSES, _Member, _column, adam_step,
+                                             make_member, sgd_step)
 from workers.training.population_state import (load_population_state, member_state,
                                                population_state)
 from workers.training.setup import TrialSetup
@@ -80,7 +81,7 @@ def group_compatible(setups: Sequence[TrialSetup]) -> list[list[int]]:
     return list(groups.values())
 
 
-class PopulationTrainer(PopulationEvaluation):
+class PopulationTrainer(PopulationObjective, PopulationEvaluation):
     """Trains K compatible setups as one batched model, one epoch per :meth:`train_epoch`.
 
     ``train_epoch()`` returns one metrics dict per *active* member, in the order
@@ -272,80 +273,6 @@ class PopulationTrainer(PopulationEvaluation):
             cached = _column(values, self._params[0], dims)
             self._hyper_cache[cache_key] = cached
         return cached
-
-    def _loss_groups(self) -> list[tuple[str, list[int] | None, Tensor | None, list[_Member]]]:
-        """Members grouped by batched loss: (name, positions, positions as a tensor, members).
-
-        Cross-entropy members join the focal ones as focal members with γ = 0 and
-        α = 1 (the same values and gradients, see ``focal_terms``), so a mixed
-        population runs one loss over all rows instead of two over index_select'd
-        halves. ``positions`` is None when the group is the whole population.
-        """
-        groups = self._hyper_cache.get("loss_groups")
-        if groups is None:
-            by_name: dict[str, list[int]] = {}
-            names = {m.setup.loss for m in self._members}
-            for k, m in enumerate(self._members):
-                name = m.setup.loss
-                if name == "cross_entropy" and "focal" in names:
-                    name = "focal"
-                by_name.setdefault(name, []).append(k)
-            if len(by_name) == 1:
-                groups = [(next(iter(by_name)), None, None, self._members)]
-            else:
-                groups = [(name, rows, torch.tensor(rows, dtype=torch.long, device=self.device),
-                           [self._members[r] for r in rows]) for name, rows in by_name.items()]
-            self._hyper_cache["loss_groups"] = groups
-        return groups
-
-    def _objective(self, out: Tensor, target: Tensor, factors: list[float]) -> Tensor:
-        """Σ over members of the batch-mean prediction loss.
-
-        The penalty is not part of it: its gradient is added by formula after the
-        backward pass (:meth:`_add_penalty_grads`), which is cheaper than a dozen
-        autograd nodes over the stacked weights and gives the same gradient.
-        """
-        kind = self.setups[0].kind
-        total: Tensor | None = None
-        for name, positions, rows, members in self._loss_groups():
-            group_out = out if rows is None else out.index_select(0, rows)
-            group_factors = factors if positions is None else [factors[r] for r in positions]
-            mixes = [m.blend * f for m, f in zip(members, group_factors)]
-            base = _batched_loss(name, kind, members, group_out, target, self._hyper_cache)
-            if any(mix != 0.0 for mix in mixes):
-                smooth = _batched_loss("smooth_l1", kind, members, group_out, target,
-                                       self._hyper_cache)
-                mix = _column(mixes, base, 1)
-                blended = (1.0 - mix) * base + mix * smooth
-                zero, one = mix == 0.0, mix == 1.0
-                per_sample = torch.where(zero, base, torch.where(one, smooth, blended))
-            else:
-                per_sample = base
-            part = per_sample.mean(dim=1).sum()
-            total = part if total is None else total + part
-        assert total is not None
-        return total
-
-    def _add_penalty_grads(self, factors: list[float]) -> None:
-        """Add ∂/∂w of each member's factor·λ·(r·‖w‖₁ + (1−r)·½‖w‖₂²) to the weights' grads.
-
-        That is factor·λ·r·sgn(w) + factor·λ·(1−r)·w (``penalties.penalty``'s
-        gradient, as autograd computes it for the unbatched trainer); the factors
-        change only while a schedule ramps, so the coefficient columns are cached.
-        """
-        cached = self._hyper_cache.get("penalty")
-        if cached is None or cached[0] != factors:
-            scales = [f * m.reg_lambda if f > 0.0 else 0.0
-                      for f, m in zip(factors, self._members)]
-            l1 = [s * m.l1_ratio for s, m in zip(scales, self._members)]
-            l2 = [s * (1.0 - m.l1_ratio) for s, m in zip(scales, self._members)]
-            like = self._params[0]
-            cached = (list(factors),
-                      _column(l1, like, 0) if any(c != 0.0 for c in l1) else None,
-                      _column(l2, like, 0) if any(c != 0.0 for c in l2) else None)
-            self._hyper_cache["penalty"] = cached
-        coefs = cached[1:]
-        add_penalty_grads(self._params[0::2], *coefs)
 
     def _optimizer_step(self) -> None:
         params = self._params
