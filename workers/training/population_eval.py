@@ -12,9 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workers.training.population_ops import (_batched_loss, _classification_metrics, _column,
-                                             _regression_metrics, _rows, _weight_metrics,
-                                             first_argmax)
+from workers.training.population_ops import (_classification_metrics, _regression_metrics,
+                                             _rows, _weight_metrics, first_argmax)
 
 #: Rows per first-layer product in evaluation. A (256, K·H) block of activations
 #: stays in the core's cache through its ReLU and the grouped product after it;
@@ -33,7 +32,7 @@ class PopulationEvaluation:
     _epoch: int
     data: Any
     setups: list[Any]
-    _loss_groups: Any
+    _group_losses: Any
     _hyper_cache: dict[Any, Any]
 
     @torch.no_grad()
@@ -104,20 +103,8 @@ class PopulationEvaluation:
 
     def _eval_loss(self, out: Tensor, target: Tensor, factors: list[float]) -> list[float]:
         """Each member's ``PredictionLoss(out, target, factor)`` averaged in float64."""
-        kind = self.setups[0].kind
         result = [0.0] * len(self._members)
-        for name, group, rows, members in self._loss_groups():
-            group_out = out if rows is None else out.index_select(0, rows)
-            positions = list(range(len(members))) if group is None else group
-            mixes = [m.blend * factors[p] for m, p in zip(members, positions)]
-            per_sample = _batched_loss(name, kind, members, group_out, target, self._hyper_cache)
-            if any(mix != 0.0 for mix in mixes):
-                smooth = _batched_loss("smooth_l1", kind, members, group_out, target,
-                                       self._hyper_cache)
-                mix = _column(mixes, per_sample, 1)
-                blended = (1.0 - mix) * per_sample + mix * smooth
-                per_sample = torch.where(mix == 0.0, per_sample,
-                                         torch.where(mix == 1.0, smooth, blended))
+        for positions, per_sample in self._group_losses(out, target, factors):
             for p, value in zip(positions, _rows(per_sample.double().mean(dim=1))):
                 result[p] = value
         return result

@@ -9,7 +9,7 @@ gradient added by formula after the backward pass (``docs/training.md``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -18,7 +18,8 @@ from workers.training.population_ops import _batched_loss, _column, _Member, add
 
 
 class PopulationObjective:
-    """``_loss_groups``, ``_objective``, ``_add_penalty_grads``; the state is the trainer's."""
+    """``_loss_groups``, ``_group_losses``, ``_objective``, ``_add_penalty_grads``; the
+    state is the trainer's (evaluation uses ``_group_losses`` too)."""
 
     _params: list[Tensor]
     _members: list[_Member]
@@ -51,6 +52,26 @@ class PopulationObjective:
             self._hyper_cache["loss_groups"] = groups
         return groups
 
+    def _group_losses(self, out: Tensor, target: Tensor, factors: list[float]
+                      ) -> Iterator[tuple[list[int], Tensor]]:
+        """Per loss group: (member positions, per-sample loss (K_group, N)), the 000
+        blend with smooth L1 applied with each member's factor. Training sums their
+        means; evaluation averages them per member in float64."""
+        kind = self.setups[0].kind
+        for name, group, rows, members in self._loss_groups():
+            group_out = out if rows is None else out.index_select(0, rows)
+            positions = list(range(len(members))) if group is None else group
+            mixes = [m.blend * factors[p] for m, p in zip(members, positions)]
+            per_sample = _batched_loss(name, kind, members, group_out, target, self._hyper_cache)
+            if any(mix != 0.0 for mix in mixes):
+                smooth = _batched_loss("smooth_l1", kind, members, group_out, target,
+                                       self._hyper_cache)
+                mix = _column(mixes, per_sample, 1)
+                blended = (1.0 - mix) * per_sample + mix * smooth
+                per_sample = torch.where(mix == 0.0, per_sample,
+                                         torch.where(mix == 1.0, smooth, blended))
+            yield positions, per_sample
+
     def _objective(self, out: Tensor, target: Tensor, factors: list[float]) -> Tensor:
         """Σ over members of the batch-mean prediction loss.
 
@@ -58,22 +79,8 @@ class PopulationObjective:
         backward pass (:meth:`_add_penalty_grads`), which is cheaper than a dozen
         autograd nodes over the stacked weights and gives the same gradient.
         """
-        kind = self.setups[0].kind
         total: Tensor | None = None
-        for name, positions, rows, members in self._loss_groups():
-            group_out = out if rows is None else out.index_select(0, rows)
-            group_factors = factors if positions is None else [factors[r] for r in positions]
-            mixes = [m.blend * f for m, f in zip(members, group_factors)]
-            base = _batched_loss(name, kind, members, group_out, target, self._hyper_cache)
-            if any(mix != 0.0 for mix in mixes):
-                smooth = _batched_loss("smooth_l1", kind, members, group_out, target,
-                                       self._hyper_cache)
-                mix = _column(mixes, base, 1)
-                blended = (1.0 - mix) * base + mix * smooth
-                zero, one = mix == 0.0, mix == 1.0
-                per_sample = torch.where(zero, base, torch.where(one, smooth, blended))
-            else:
-                per_sample = base
+        for _, per_sample in self._group_losses(out, target, factors):
             part = per_sample.mean(dim=1).sum()
             total = part if total is None else total + part
         assert total is not None
