@@ -301,15 +301,14 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         f"{best['speedup_cpu']:.1f}× (CPU time) the one-trial-per-worker throughput.",
         "Why the gain flattens out with K: a population removes the per-step Python and "
         "dispatch overhead of small batches and loads the data once instead of once per "
-        "trial, but it does the same floating-point work per member. Unbatched, a step of "
-        "this MLP at batch 128 runs at roughly 7 GFLOP/s on one core; a batched step at "
-        "K = 64 at roughly 30-35 GFLOP/s, and its time grows about linearly with K from "
-        "K = 32 on: in a py-spy profile of such steps MKL's sgemm is about a third of the "
-        "samples, the rest the ReLU, bias, loss and optimizer operations and their "
-        "autograd over (K, 64, 128) activations, all per member. The per-epoch evaluation "
-        "on the full train and validation splits (a product per member over ~1800 rows, "
-        "about a third of a population's epoch) is already efficient unbatched. Shorter "
-        "trials gain more, because the saved data loading is a larger share of them.",
+        "trial, but it does the same floating-point work per member. Where a population's "
+        "epoch goes (python -m bench.b2_step_profile, not part of this run; figures in "
+        "docs/training.md): a batched training step costs 10-12× less per member than "
+        "one unbatched step, its matrix products about 40 % of it, the rest "
+        "losses, ReLU, bias, penalty, optimizer and autograd, all per member; the "
+        "evaluation on the full train and validation splits (a product per member over "
+        "~1800 rows), efficient either way, is about a third of a population's epoch. "
+        "Shorter trials gain more, because the saved data loading is a larger share of them.",
         "Goal check, kernel rows: met means the best K reaches the goal in wall-clock "
         f"trials/hour and the relative deviation stays ≤ {GOAL_RTOL:g}. This is the "
         "verdict shown as met / not met; the end-to-end rows have their own, below.",

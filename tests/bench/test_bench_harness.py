@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -292,3 +293,15 @@ def test_b7_gpu_path_runs_on_any_device_and_reports_not_run_without_cuda() -> No
         result = check_result(b7_gpu.run(True, Path("/nonexistent")))
         assert result["met"] is None and not result["tables"]
         assert "no CUDA device" in result["notes"][0]
+
+
+def test_b2_step_profile_splits_an_epoch() -> None:
+    """The script docs/training.md quotes runs and its shares add up."""
+    out = subprocess.run([sys.executable, "-m", "bench.b2_step_profile", "--k", "4",
+                          "--rounds", "1"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    epoch = next(line for line in out.stdout.splitlines() if line.startswith("epoch "))
+    shares = [int(s) for s in re.findall(r"\((\d+) %\)", epoch)]
+    assert len(shares) == 2 and abs(sum(shares) - 100) <= 1, epoch
+    assert "GFLOP/s" in out.stdout and "unbatched Trainer step" in out.stdout
