@@ -167,12 +167,16 @@ def test_a_verdict_per_reading_is_shown_beside_met() -> None:
         check_result(_result(met_detail=True))
 
 
-def _e2e_run(mode: str, n: int, k: int, wall: float, completed: int | None = None) -> dict:
+def _e2e_run(mode: str, n: int, k: int, wall: float, completed: int | None = None,
+             answered: bool = True) -> dict:
     done = n if completed is None else completed
+    phases = {"to_first_result": 2.0, "training": wall - 3.0, "after_last_trial": 1.0}
+    if answered:  # job_succeeded half a second after the last trial, figures after it
+        phases.update(answered=wall - 0.5, to_answer=0.5, after_answer=0.5)
     return {"mode": mode, "planned": n, "population": k, "epochs": 10, "wall": wall,
             "status": "succeeded", "completed": done, "tune_trials": n // k,
             "child_runs": done, "child_runs_finished": done, "runs_match_trials": True,
-            "phases": {"to_first_result": 2.0, "training": wall - 3.0, "after_last_trial": 1.0},
+            "phases": phases,
             "timings": {"store.on_trial_result": [0.5], "mlflow.on_trial_complete": [0.25],
                         "figures.log_job_figures": [1.0]}}
 
@@ -195,18 +199,25 @@ def test_b2_end_to_end_specs_rows_and_verdict() -> None:
                     _e2e_run("per_trial", 128, 1, 40.0)]}
     rows = e2e.rows(raw)
     assert list(rows) == ["per_trial", "population"]
-    assert rows["population"]["speedup"] == pytest.approx(4.0)
+    # Trials per hour count to the job's answer (job_succeeded), not the driver's return.
+    assert rows["population"]["speedup"] == pytest.approx(39.5 / 9.5)
+    assert (rows["population"]["wall_s"], rows["population"]["return_s"]) == (9.5, 10.0)
     table = e2e.table(rows)
     check_result(_result(tables=[table]))
     assert [r[-1] for r in table["rows"]] == ["ok", "ok"]
     assert e2e.verdict(rows, 10.0) == (False, "end to end through the Tune driver: no "
-                                              "(4.0× at K=64)")
+                                              "(4.2× at K=64)")
     assert e2e.verdict(rows, 3.0)[0]
     kernel = {"unbatched": {"wall_s": 1.0, "trials": 24, "speedup_wall": 1.0},
               "K=64": {"wall_s": 1.0, "trials": 128, "speedup_wall": 6.9}}
     text = " ".join(e2e.notes(raw, rows, 10.0, kernel))
-    assert "4.0×" in text and "6.9×" in text and "B1 measures" in text
+    assert "4.2×" in text and "6.9×" in text and "B1 measures" in text
     assert "2.0 s to the first result" in text and "37.0 s from there" in text
+    assert "0.5 s from there to the answer" in text
+    # Without a job_succeeded event (an older run), the driver's return is the wall.
+    raw_old = {**raw, "runs": [_e2e_run(r["mode"], r["planned"], r["population"], r["wall"],
+                                        answered=False) for r in raw["runs"]]}
+    assert e2e.rows(raw_old)["population"]["speedup"] == pytest.approx(4.0)
     # A member missing from the job store fails the check and the verdict.
     raw["runs"][1] = _e2e_run("population", 128, 64, 10.0, completed=127)
     short = e2e.rows(raw)

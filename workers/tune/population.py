@@ -91,9 +91,23 @@ class PopulationSearcher(Searcher):
             self.__dict__.update(pickle.load(handle))
 
 
+def pack_members(last: dict[int, dict[str, Any]]) -> str:
+    """The members' metrics as one JSON string, the value of ``MEMBERS`` in a result.
+
+    Not a nested dict: Tune flattens every result and keeps running statistics
+    (max, min, moving averages) of each numeric leaf, then serialises all of them
+    into the experiment snapshot it takes after every step. With K members of a
+    dozen metrics that was most of the driver's time per result, and a trial waits
+    for the driver between two epochs. A string is one leaf Tune passes through.
+    """
+    return json.dumps({str(i): m for i, m in last.items()})
+
+
 def member_results(result: dict) -> dict[int, dict[str, Any]]:
-    """Each member's last metrics from a population result (nested or flattened)."""
+    """Each member's last metrics from a population result (packed, nested or flattened)."""
     nested = result.get(MEMBERS)
+    if isinstance(nested, str):
+        nested = json.loads(nested)
     if isinstance(nested, dict):
         return {int(k): v for k, v in nested.items()}
     out: dict[int, dict[str, Any]] = {}
@@ -147,9 +161,9 @@ def train_population(config: dict[str, Any], spec_json: dict[str, Any],
     import ray
     from ray import tune
 
-    from workers.training import build_setup, select_device
+    from workers.training import build_setup
     from workers.training.population import PopulationTrainer
-    from workers.tune.trainable import CheckpointPolicy, limit_gpu_memory, placement
+    from workers.tune.trainable import CheckpointPolicy, placement, prepare_worker
 
     spec = SearchSpec.model_validate(spec_json)
     if spec.search.share_prefixes:
@@ -158,8 +172,7 @@ def train_population(config: dict[str, Any], spec_json: dict[str, Any],
         train_shared_population(config, spec_json)
         return
     setups = [build_setup(spec, trial_params(spec, c)) for c in config[MEMBERS]]
-    device = select_device()
-    limit_gpu_memory(device, spec.resources.memory_fraction)
+    device = prepare_worker(spec)
     population = PopulationTrainer(setups, device)
     last: dict[int, dict[str, float]] = {}
     checkpoint = tune.get_checkpoint()
@@ -181,7 +194,7 @@ def train_population(config: dict[str, Any], spec_json: dict[str, Any],
         values = [m[metric] for m in last.values() if metric in m]
         best = (max if mode == "max" else min)(values) if values else math.nan
         result = {metric: best, "epoch": population.epoch, **where,
-                  MEMBERS: {str(i): m for i, m in last.items()},
+                  MEMBERS: pack_members(last),
                   "members_active": len(population.active)}
         if not policy.due(final=population.done or not population.active):
             tune.report(result)

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from search_spaces import SearchSpec
-from workers.tune.population import MEMBERS, MemberRungs
+from workers.tune.population import MEMBERS, MemberRungs, pack_members
 from workers.tune.space import trial_params
 
 STATE_FILE = "shared_prefix.json"
@@ -149,7 +149,7 @@ class SharedReporter:
         best = (max if self.mode == "max" else min)(values) if values else math.nan
         return {self.metric: best,
                 "epoch": max((int(m.get("epoch", 0)) for m in last.values()), default=0),
-                MEMBERS: {str(i): last.get(i, {"epoch": 0}) for i in range(self.size)},
+                MEMBERS: pack_members({i: last.get(i, {"epoch": 0}) for i in range(self.size)}),
                 "members_active": self.size - len(self.progress.done), **self.extra}
 
     def flush(self, force: bool = False) -> None:
@@ -269,13 +269,12 @@ def train_shared_population(config: dict[str, Any], spec_json: dict[str, Any]) -
     import ray
     from ray import tune
 
-    from workers.training import build_setup, select_device
-    from workers.tune.trainable import limit_gpu_memory, placement
+    from workers.training import build_setup
+    from workers.tune.trainable import placement, prepare_worker
 
     spec = SearchSpec.model_validate(spec_json)
     setups = [build_setup(spec, trial_params(spec, c)) for c in config[MEMBERS]]
-    device = select_device()
-    limit_gpu_memory(device, spec.resources.memory_fraction)
+    device = prepare_worker(spec)
     progress = SharedProgress()
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

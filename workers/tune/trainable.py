@@ -83,17 +83,40 @@ def limit_gpu_memory(device: Any, fraction: float | None) -> bool:
     return True
 
 
+def cpu_threads(cpus: float) -> int:
+    """Torch threads for a trial holding ``cpus`` CPUs: its whole CPUs, at least one."""
+    return max(1, int(cpus))
+
+
+def prepare_worker(spec: SearchSpec) -> Any:
+    """The trial's device, with this process's torch threads and GPU memory set for it.
+
+    Threads are set here, not left to ``OMP_NUM_THREADS``: Ray sets that variable
+    for a task's CPUs, but torch sizes its pool when it is first imported, and a
+    worker that imported it earlier (a node started with Ray's
+    ``RAY_preload_python_modules=torch``, a worker setup hook) runs as many threads
+    as the node has cores, and trials sharing the node oversubscribe it.
+    """
+    import torch
+
+    from workers.training import select_device
+
+    torch.set_num_threads(cpu_threads(spec.resources.cpu))
+    device = select_device()
+    limit_gpu_memory(device, spec.resources.memory_fraction)
+    return device
+
+
 def train_trial(config: dict[str, Any], spec_json: dict[str, Any],
                 checkpoint_interval_s: float = 0.0) -> None:
     import ray
     from ray import tune
 
-    from workers.training import Trainer, build_setup, select_device
+    from workers.training import Trainer, build_setup
 
     spec = SearchSpec.model_validate(spec_json)
     params = trial_params(spec, config)
-    device = select_device()
-    limit_gpu_memory(device, spec.resources.memory_fraction)
+    device = prepare_worker(spec)
     trainer = Trainer(build_setup(spec, params), device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

@@ -19,7 +19,7 @@ import torch
 
 from search_spaces import SearchSpec
 from workers.training import Trainer, build_setup
-from workers.tune.population import MEMBERS
+from workers.tune.population import MEMBERS, member_results
 from workers.tune.reporting import _Units
 from workers.tune.shared_prefix import ArrivalRungs, SharedProgress, train_members
 from workers.tune.space import trial_params
@@ -125,7 +125,7 @@ def test_every_member_and_epoch_is_reported_exactly_as_independent_training() ->
     final = recorder.results[-1]
     assert final["prefix_steps"] == stats.steps and final["members_active"] == 0
     assert final[spec.objective.metric] == max(m["val_accuracy"]
-                                                for m in final[MEMBERS].values())
+                                                for m in member_results(final).values())
 
 
 def test_members_that_cannot_share_train_batched_beside_the_shared_ones() -> None:
