@@ -50,7 +50,7 @@ import os
 import re
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
 
@@ -81,6 +81,23 @@ class Refused(RuntimeError):
 
 class RunNotActive(Refused):
     """The run is deleted (or gone): MLflow refuses writes to it, so do we."""
+
+
+def attempt(bulk: "BulkStore | None", what: str, args: tuple[Any, ...],
+            on_failure: Callable[[Exception], None]) -> tuple[bool, Any]:
+    """(done, result) of one call of the bulk path, for its two callers (the parent
+    run, the child runs' writer). Not done: MLflow's client is to do it, because the
+    path is off (``bulk`` None), refused this call, or failed, which ``on_failure``
+    hears of (the caller then turns the path off for good)."""
+    if bulk is None:
+        return False, None
+    try:
+        return True, getattr(bulk, what)(*args)
+    except Refused:
+        return False, None  # MLflow's client does it, or says why in MLflow's words
+    except Exception as exc:  # noqa: BLE001 - MLflow's own path from now on
+        on_failure(exc)
+        return False, None
 
 
 def sanitize(value: float) -> tuple[bool, float]:

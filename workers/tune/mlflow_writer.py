@@ -315,22 +315,20 @@ class MlflowWriter:
         bulk = self._bulk
         if bulk is None:
             return None
-        from workers.tune.mlflow_bulk import Refused
+        from workers.tune.mlflow_bulk import attempt
 
-        cpu = time.thread_time()
-        self.stats["calls"] += 1
-        try:
-            out = getattr(bulk, what)(*args)
-            self.stats["bulk_calls"] += 1
-            return out
-        except Refused:
-            return None  # MLflow's client does it, or says why in MLflow's words
-        except Exception as exc:  # noqa: BLE001 - MLflow's own path from now on
+        def failed(exc: Exception) -> None:
             log.warning("MLflow bulk writes failed (%s); MLflow's client writes the child "
                         "runs from now on", exc)
             self._bulk = None
             bulk.close()
-            return None
+
+        cpu = time.thread_time()
+        self.stats["calls"] += 1
+        try:
+            done, out = attempt(bulk, what, args, failed)
+            self.stats["bulk_calls"] += done
+            return out
         finally:
             self.cpu_by_call[f"{what} (bulk SQL)"] = (
                 self.cpu_by_call.get(f"{what} (bulk SQL)", 0.0) + time.thread_time() - cpu)

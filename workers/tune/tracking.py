@@ -52,17 +52,14 @@ class ParentRun:
         """A bulk call; None: MLflow's client is to do it (refused, or the path failed)."""
         if self.bulk is None:
             return None
-        from workers.tune.mlflow_bulk import Refused
+        from workers.tune.mlflow_bulk import attempt
 
-        try:
-            return getattr(self.bulk, what)(*args)
-        except Refused:
-            return None
-        except Exception as exc:  # noqa: BLE001 - MLflow's own path from now on
+        def failed(exc: Exception) -> None:
             log.warning("MLflow bulk %s failed (%s); the parent run goes through MLflow's "
                         "client", what, exc)
             self.bulk = None
-            return None
+
+        return attempt(self.bulk, what, args, failed)[1]
 
     def _experiment(self, artifact_root: str | None) -> str:
         name = experiment_name(self.spec)

@@ -313,3 +313,27 @@ def test_a_callback_from_an_older_snapshot_writes_in_bulk(mlflow_db: str, client
     w.log("t0", {"loss": 1.0}, 1000, 1, open_params={"lr": 0.1})
     assert w.close() and w.stats["bulk_calls"] == 3
     assert client.get_run(w.run_ids["t0"]).data.metrics == {"loss": 1.0}
+
+
+def test_attempt_tells_done_from_refused_and_reports_only_failures() -> None:
+    """The one wrapper the parent run and the writer share: a refusal hands the call to
+    MLflow's client quietly; any other error also turns the path off (on_failure)."""
+    from workers.tune.mlflow_bulk import attempt
+
+    class Bulk:
+        def ok(self, x: int) -> int:
+            return x + 1
+
+        def refuse(self) -> None:
+            raise Refused("MLflow's client is to do it")
+
+        def break_(self) -> None:
+            raise OSError("disk gone")
+
+    heard: list[str] = []
+    assert attempt(None, "ok", (1,), heard.append) == (False, None)
+    assert attempt(Bulk(), "ok", (1,), heard.append) == (True, 2)
+    assert attempt(Bulk(), "refuse", (), heard.append) == (False, None)
+    assert heard == []
+    assert attempt(Bulk(), "break_", (), lambda e: heard.append(str(e))) == (False, None)
+    assert heard == ["disk gone"]
