@@ -207,6 +207,9 @@ class StoreTrialCallback(Callback):
         self.best: dict[str, Any] | None = None
         self._history: dict[str, list[float]] = {}  # objective per epoch, for its SE
         self._units = _Units()
+        # Per unit, the config last written: re-sent only when it changes (PBT), not
+        # with every epoch of every member.
+        self._configs: dict[str, dict[str, Any]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_store": None}
@@ -247,9 +250,11 @@ class StoreTrialCallback(Callback):
                 history = self._history.setdefault(unit, [])
                 history.append(objective)
                 metrics["objective_se"] = standard_error(history)
-            fields: dict[str, Any] = dict(status="running", metrics=metrics, config=params,
+            fields: dict[str, Any] = dict(status="running", metrics=metrics,
                                           iteration=epoch, objective=objective,
                                           **self._ids(unit))
+            if self._configs.get(unit) != params:
+                fields["config"] = params
             if epoch == 1:
                 # The Ray node id: unique, where IPs repeat (nodes sharing a host).
                 fields.update(node=result.get("node_id"), gpu_ids=[
@@ -261,6 +266,7 @@ class StoreTrialCallback(Callback):
         if not writes:
             return
         stored = self.store.record(self.job_id, trials=writes, events=events)
+        self._configs.update((unit, f["config"]) for unit, f in writes if "config" in f)
         best = self.best
         for row, (objective, metrics) in zip(stored, objectives):
             if objective is not None and (best is None or better(objective, best["metric"],

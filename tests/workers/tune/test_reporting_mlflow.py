@@ -165,3 +165,35 @@ def test_a_trial_finished_before_its_run_was_made_is_linked_at_the_round_end(
     assert store.get_trial(job.id, "t0").mlflow_run_id == "f" * 32
     assert store.get_job(job.id).best["mlflow_run_id"] == "f" * 32
     store.close()
+
+
+def test_a_trials_config_is_written_once_and_again_when_it_changes(tmp_path: Path) -> None:
+    """Each epoch's record carries the config only when it differs from the one last
+    written (a PBT exploit changes it); the stored trial always holds the current one."""
+    from service.store import open_store
+    from workers.tune.reporting import StoreTrialCallback
+
+    spec = validate_spec(tiny("report-config"))
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = open_store(db)
+    job, _ = store.create_job(name=spec.name, owner="o", spec=spec.model_dump(mode="json"),
+                              num_trials=1)
+    cb = StoreTrialCallback(db, job.id, spec, None)
+    sent: list[bool] = []
+    record = cb.store.record
+
+    def spy(job_id: str, trials: Any = (), **kw: Any) -> Any:
+        sent.extend("config" in fields for _, fields in trials)
+        return record(job_id, trials=trials, **kw)
+
+    cb.store.record = spy
+    trial = SimpleNamespace(trial_id="t0", config={"reg_lambda": 1e-3, "l1_ratio": 0.5},
+                            last_result={})
+    for epoch in (1, 2):
+        cb.on_trial_result(0, [], trial, result(epoch, 0.5))
+    assert store.get_trial(job.id, "t0").config["reg_lambda"] == 1e-3
+    trial.config = {"reg_lambda": 1e-2, "l1_ratio": 0.5}  # exploited: a new config
+    cb.on_trial_result(0, [], trial, result(3, 0.6))
+    assert sent == [True, False, True]
+    assert store.get_trial(job.id, "t0").config["reg_lambda"] == 1e-2
+    store.close()
