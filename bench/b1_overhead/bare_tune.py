@@ -37,6 +37,15 @@ def minimal_trial(config: dict[str, Any], spec_json: dict[str, Any]) -> None:
 
 
 def run_variant(name: str, spec_json: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    """One variant's run, with the CPU time this process (Tune's loop, the driver's
+    callbacks and threads; not the trials, which are Ray workers) spent on it."""
+    cpu0 = time.process_time()
+    out = _run_variant(name, spec_json, scratch)
+    out["cpu_s"] = time.process_time() - cpu0
+    return out
+
+
+def _run_variant(name: str, spec_json: dict[str, Any], scratch: Path) -> dict[str, Any]:
     from ray import tune
 
     from search_spaces import SearchSpec

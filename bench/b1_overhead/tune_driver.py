@@ -116,6 +116,9 @@ def run_driver(name: str, spec_json: dict[str, Any], force_reuse: bool | None
 DRIVER_ENV: dict[str, dict[str, str | None]] = {
     "driver": {"TUNE_GLOBAL_CHECKPOINT_S": None, "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": None,
                "REGTUNE_CHECKPOINT_INTERVAL_S": None},
+    "driver_every_step": {"TUNE_GLOBAL_CHECKPOINT_S": "0",
+                          "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": None,
+                          "REGTUNE_CHECKPOINT_INTERVAL_S": None},
     "driver_ckpt_auto": {"TUNE_GLOBAL_CHECKPOINT_S": "auto",
                          "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": None,
                          "REGTUNE_CHECKPOINT_INTERVAL_S": None},
@@ -139,7 +142,8 @@ def run_driver_variant(name: str, spec_json: dict[str, Any]) -> dict[str, Any]:
     try:
         result = run_driver(name, spec_json, None)
         # What the driver ran with (it sets its defaults with setdefault).
-        result["global_checkpoint_s"] = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "auto")
+        result["global_checkpoint_s"] = os.environ.get(
+            "TUNE_GLOBAL_CHECKPOINT_S", "unset: on change (workers.tune.snapshots)")
         result["checkpoint_interval_s"] = get_settings().checkpoint_interval_s
     finally:
         for key, value in saved.items():

@@ -21,13 +21,16 @@ VARIANTS: dict[str, str] = {
     "bare_min_reuse": "bare Ray Tune, no per-epoch checkpoint, reuse_actors=True",
     "driver": "workers.tune.driver.run() in-process, as the code is (no service, no "
               "driver start-up)",
+    "driver_every_step": "the same with TUNE_GLOBAL_CHECKPOINT_S=0 (an experiment snapshot "
+                         "after every step of Tune's loop, as the driver took them before "
+                         "workers.tune.snapshots)",
     "driver_ckpt_auto": "the same with TUNE_GLOBAL_CHECKPOINT_S=auto (Tune's default "
-                        "experiment snapshots; the driver's default is after every step)",
+                        "adaptive snapshot period)",
     "driver_every_epoch": "the same with REGTUNE_CHECKPOINT_INTERVAL_S=0 (a trial "
                           "checkpoint after every epoch, as before the interval)",
 }
-FULL_VARIANTS = ("bare", "bare_reuse", "bare_min_reuse", "driver", "driver_ckpt_auto",
-                 "driver_every_epoch")
+FULL_VARIANTS = ("bare", "bare_reuse", "bare_min_reuse", "driver", "driver_every_step",
+                 "driver_ckpt_auto", "driver_every_epoch")
 QUICK_VARIANTS = ("bare",)
 
 

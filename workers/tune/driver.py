@@ -86,8 +86,8 @@ def _seed_material(spec: SearchSpec, job: Any, store: Any, settings: Any) -> tup
 def searcher_state_readable(path: str) -> bool:
     """False if the newest ``searcher-state-*.pkl`` of a local experiment cannot be read.
 
-    Tune writes that file in place after every step (TUNE_GLOBAL_CHECKPOINT_S=0); a
-    driver killed mid-write leaves it truncated, and ``Tuner.restore`` then logs
+    Tune writes that file in place with every experiment snapshot; a driver killed
+    mid-write leaves it truncated, and ``Tuner.restore`` then logs
     ``EOFError`` and waits with no trials instead of failing. Remote storage
     (``scheme://``) is not checked. The file is this driver's own, never a user's.
     """
@@ -170,7 +170,14 @@ def skip_callback_census() -> None:
 
 
 def run_rounds(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks: list) -> None:
-    """Rounds until the job's finished trials reach num_trials (or no progress is made)."""
+    """Rounds until the job's finished trials reach num_trials (or no progress is made).
+
+    Each round's experiment is snapshotted when a trial changes status or
+    checkpoints (workers.tune.snapshots), so a driver killed at any moment resumes
+    without re-running a finished trial or forgetting one the searcher made.
+    """
+    from workers.tune.snapshots import change_driven_snapshots
+
     skip_callback_census()
     for _ in range(MAX_ROUNDS):
         before = finished_trials(store, job.id)
@@ -183,7 +190,8 @@ def run_rounds(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks:
             store.add_event(job.id, "round_started", {"name": name, "finished": before})
         tuner = build_tuner(spec, job, store, settings, callbacks, name)
         if tuner is not None:
-            tuner.fit()
+            with change_driven_snapshots():
+                tuner.fit()
         store.add_event(job.id, "round_done", {"name": name})
         after = finished_trials(store, job.id)
         if after >= job.num_trials:
@@ -243,9 +251,6 @@ def _bulk_store(settings: Any) -> Any:
 
 
 def run(job_id: str) -> int:
-    # Snapshot the experiment (trials and searcher) after every step, so a driver
-    # killed at any moment resumes without re-running or losing a finished trial.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     # Tune's own json/csv/TensorBoard result files: nothing reads them (the job store
     # and MLflow record every result), and writing them costs the driver ~5% of its CPU.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -259,6 +264,7 @@ def run(job_id: str) -> int:
     from service.store import open_store
     from workers.tune.recovery import MissingCheckpointGuard
     from workers.tune.reporting import MlflowTrialCallback, StoreTrialCallback
+    from workers.tune.snapshots import SnapshotTrigger
     from workers.tune.tracking import ParentRun
 
     settings = get_settings()
@@ -288,7 +294,8 @@ def run(job_id: str) -> int:
         if not ray.is_initialized():  # tests run the driver inside an initialised Ray
             ray.init(address="auto", log_to_driver=False)
         # Pickled with each round's experiment: a restored round has them too.
-        run_rounds(spec, job, store, settings, [MissingCheckpointGuard(), mlflow_cb, store_cb])
+        run_rounds(spec, job, store, settings,
+                   [MissingCheckpointGuard(), mlflow_cb, store_cb, SnapshotTrigger()])
         if not mlflow_cb.close():  # every queued MLflow write done before the answer
             log.warning("some MLflow writes of job %s were not made (see above)", job_id)
         _close_orphans(store, job_id, lambda: mlflow_cb.client, parent.experiment_id)

@@ -96,7 +96,7 @@ def pack_members(last: dict[int, dict[str, Any]]) -> str:
 
     Not a nested dict: Tune flattens every result and keeps running statistics
     (max, min, moving averages) of each numeric leaf, then serialises all of them
-    into the experiment snapshot it takes after every step. With K members of a
+    into every experiment snapshot (then taken after every step). With K members of a
     dozen metrics that was most of the driver's time per result, and a trial waits
     for the driver between two epochs. A string is one leaf Tune passes through.
     """

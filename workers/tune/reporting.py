@@ -214,6 +214,42 @@ class StoreTrialCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_store": None}
 
+    # Tune pickles the callbacks once, with the round's tuner (tuner.pkl, when the round
+    # begins), and unpickles them only for ``Tuner.restore``: the restored copy knows
+    # nothing recorded since. Trials resume from their checkpoints and report again the
+    # epochs after them, which the job store (written before Tune moves on) already
+    # has; so the store, not the pickle, says what each unit has recorded.
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reconcile = True
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.__dict__.pop("_reconcile", False):
+            self.reconcile()
+
+    def reconcile(self) -> None:
+        """Take what each unit recorded, and the job's best, from the job store.
+
+        Run once after a restore, before any result: epochs the store has are not
+        recorded again, here or in MLflow (the MLflow callback shares the count; what
+        MLflow lacks of them, the driver copies from the store at the job's end,
+        workers.tune.backfill), and the standard error of a unit's objective is over
+        every epoch it trained, not just those since the restore.
+        """
+        from workers.tune.backfill import recorded_epochs
+
+        shared = None if self.mlflow_cb is None else self.mlflow_cb._units
+        for unit, epochs in recorded_epochs(self.store, self.job_id).items():
+            last = max(epochs)
+            for units in (self._units, shared):
+                if units is not None and units.epochs.get(unit, 0) < last:
+                    units.epochs[unit] = last
+            self._history[unit] = [metrics[self.metric] for e, (metrics, _) in
+                                   sorted(epochs.items()) if self.metric in metrics]
+        job = self.store.get_job(self.job_id)
+        if job is not None and job.best:
+            self.best = job.best
+
     @property
     def store(self) -> Any:
         if self._store is None:

@@ -33,7 +33,7 @@ class CheckpointPolicy:
 
     Always after its first and its last epoch, whatever the interval. Not for the
     weights: because Tune (with ``num_to_keep``) answers a trial checkpoint with an
-    experiment snapshot it *waits* for, where its other per-step snapshots are
+    experiment snapshot it *waits* for, where its other snapshots are
     copied to storage in the background and skipped while a copy is in flight. A
     waited snapshot at the first result means a trial the job store has recorded is
     known to a restored experiment (else it would come back as an orphan beside a

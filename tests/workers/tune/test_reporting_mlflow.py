@@ -197,3 +197,62 @@ def test_a_trials_config_is_written_once_and_again_when_it_changes(tmp_path: Pat
     assert sent == [True, False, True]
     assert store.get_trial(job.id, "t0").config["reg_lambda"] == 1e-2
     store.close()
+
+
+def test_a_restored_round_takes_what_was_recorded_from_the_job_store(tmp_path: Path) -> None:
+    """Tune unpickles the callbacks of the round's start (tuner.pkl) on a restore; the
+    epochs a resumed trial reports again are neither stored nor logged twice, and the
+    objective's history and the job's best come from the store."""
+    from mlflow.tracking import MlflowClient
+
+    from service.store import open_store
+    from workers.tune.reporting import MlflowTrialCallback, StoreTrialCallback
+    from workers.tune.tracking import ParentRun
+
+    spec = validate_spec(tiny("report-reconcile"))
+    uri, db = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'jobs.db'}"
+    store = open_store(db)
+    job, _ = store.create_job(name=spec.name, owner="o", spec=spec.model_dump(mode="json"),
+                              num_trials=2)
+    parent = ParentRun(uri, (tmp_path / "artifacts").as_uri(), job.id, spec, "o")
+    mlflow_cb = MlflowTrialCallback(uri, parent.experiment_id, parent.run_id, job.id, spec)
+    store_cb = StoreTrialCallback(db, job.id, spec, mlflow_cb)
+    at_round_start = pickle.dumps([mlflow_cb, store_cb])  # what tuner.pkl holds
+
+    t0 = SimpleNamespace(trial_id="t0", config={"reg_lambda": 1e-3, "l1_ratio": 0.5},
+                         last_result={})
+    accuracy = {1: 0.5, 2: 0.7, 3: 0.6, 4: 0.65}
+    for epoch in (1, 2, 3):  # the first driver, killed after epoch 3 (checkpoint at 1)
+        t0.last_result = result(epoch, accuracy[epoch])
+        for cb in (mlflow_cb, store_cb):
+            cb.on_trial_result(0, [], t0, t0.last_result)
+    assert mlflow_cb.close()
+    assert store.get_job(job.id).best["metric"] == 0.7
+
+    restored = pickle.loads(at_round_start)
+    assert restored[1].mlflow_cb is restored[0] and not restored[1]._units.epochs
+    for cb in restored:
+        cb.on_step_begin(0, [])
+    assert restored[0]._units.epochs == restored[1]._units.epochs == {"t0": 3}
+    for epoch in (2, 3, 4):  # resumed from its checkpoint
+        t0.last_result = result(epoch, accuracy[epoch])
+        for cb in restored:
+            cb.on_trial_result(0, [], t0, t0.last_result)
+    for cb in restored:
+        cb.on_trial_complete(0, [], t0)
+        cb.on_experiment_end([])
+
+    results = [e.payload for e in store.events_since(job.id, 0, limit=100)
+               if e.kind == "trial_result"]
+    assert [r["iteration"] for r in results] == [1, 2, 3, 4]
+    from search_spaces.selection import standard_error
+
+    assert results[-1]["metrics"]["objective_se"] == standard_error(
+        [accuracy[e] for e in (1, 2, 3, 4)])
+    best = store.get_job(job.id).best  # epoch 4's 0.65 did not replace the stored 0.7
+    assert best["metric"] == 0.7 and best["trial_id"] == "t0"
+    run_id = store.list_trials(job.id)[0].mlflow_run_id
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(run_id, "val_accuracy")]
+    assert sorted(steps) == [1, 2, 3, 4]
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+    store.close()
