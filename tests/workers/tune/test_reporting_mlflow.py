@@ -35,21 +35,28 @@ def lingering_callback(tmp_path: Path, name: str) -> tuple[Any, Any, str]:
     return cb, trial, uri
 
 
-def test_callbacks_record_runs_metrics_statuses_and_survive_a_restore(tmp_path: Path) -> None:
-    from mlflow.tracking import MlflowClient
-
+def driver_callbacks(tmp_path: Path, name: str, num_trials: int) -> tuple[Any, ...]:
+    """A job in a real job store, its MLflow parent run, and the driver's two callbacks
+    on them: (store, job, parent, tracking URI, (mlflow_cb, store_cb))."""
     from service.store import open_store
     from workers.tune.reporting import MlflowTrialCallback, StoreTrialCallback
     from workers.tune.tracking import ParentRun
 
-    spec = validate_spec(tiny("report-real"))  # 3 epochs
+    spec = validate_spec(tiny(name))
     uri, db = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'jobs.db'}"
     store = open_store(db)
     job, _ = store.create_job(name=spec.name, owner="o", spec=spec.model_dump(mode="json"),
-                              num_trials=3)
+                              num_trials=num_trials)
     parent = ParentRun(uri, (tmp_path / "artifacts").as_uri(), job.id, spec, "o")
     mlflow_cb = MlflowTrialCallback(uri, parent.experiment_id, parent.run_id, job.id, spec)
-    store_cb = StoreTrialCallback(db, job.id, spec, mlflow_cb)
+    return store, job, parent, uri, (mlflow_cb, StoreTrialCallback(db, job.id, spec, mlflow_cb))
+
+
+def test_callbacks_record_runs_metrics_statuses_and_survive_a_restore(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    store, job, parent, uri, (mlflow_cb, store_cb) = driver_callbacks(
+        tmp_path, "report-real", num_trials=3)  # 3 epochs
     callbacks = [mlflow_cb, store_cb]
 
     def call(cbs: list, hook: str, trial: Any, *args: Any) -> None:
@@ -205,18 +212,8 @@ def test_a_restored_round_takes_what_was_recorded_from_the_job_store(tmp_path: P
     objective's history and the job's best come from the store."""
     from mlflow.tracking import MlflowClient
 
-    from service.store import open_store
-    from workers.tune.reporting import MlflowTrialCallback, StoreTrialCallback
-    from workers.tune.tracking import ParentRun
-
-    spec = validate_spec(tiny("report-reconcile"))
-    uri, db = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'jobs.db'}"
-    store = open_store(db)
-    job, _ = store.create_job(name=spec.name, owner="o", spec=spec.model_dump(mode="json"),
-                              num_trials=2)
-    parent = ParentRun(uri, (tmp_path / "artifacts").as_uri(), job.id, spec, "o")
-    mlflow_cb = MlflowTrialCallback(uri, parent.experiment_id, parent.run_id, job.id, spec)
-    store_cb = StoreTrialCallback(db, job.id, spec, mlflow_cb)
+    store, job, _, uri, (mlflow_cb, store_cb) = driver_callbacks(
+        tmp_path, "report-reconcile", num_trials=2)
     at_round_start = pickle.dumps([mlflow_cb, store_cb])  # what tuner.pkl holds
 
     t0 = SimpleNamespace(trial_id="t0", config={"reg_lambda": 1e-3, "l1_ratio": 0.5},
