@@ -31,16 +31,6 @@ def driver_pids(job_id: str) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-def sse_events(stream: str) -> list[tuple[str, dict]]:
-    """(kind, payload) of each ``id: / event: / data:`` block of an event stream."""
-    out = []
-    for block in stream.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
-        if "event" in fields and "data" in fields:
-            out.append((fields["event"], json.loads(fields["data"])["payload"]))
-    return out
-
-
 def test_killed_driver_resumes_without_duplicates_or_losses(live) -> None:
     job = live.submit(SPEC).json()
     deadline = time.monotonic() + 240
@@ -86,8 +76,9 @@ def test_killed_driver_resumes_without_duplicates_or_losses(live) -> None:
 
     # No epoch recorded twice: a resumed trial reports again the epochs after its
     # checkpoint, which the restored callbacks find in the job store (reporting.py).
-    recorded = [(body["trial_id"], body["iteration"]) for kind, body in sse_events(stream)
-                if kind == "trial_result"]
+    data = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: ")]
+    recorded = [(d["payload"]["trial_id"], d["payload"]["iteration"]) for d in data
+                if d["kind"] == "trial_result"]
     assert len(recorded) == len(set(recorded)) >= 6 * EPOCHS, story
 
     client = MlflowClient(tracking_uri=live.mlflow_uri)

@@ -93,14 +93,15 @@ class MlflowTrialCallback(Callback):
         self._placed: set[str] = set()
         self._units = _Units()
 
-    # Tune pickles its callbacks with the experiment state (for Tuner.restore):
-    # keep the URI and ids, build the client and the writer again after unpickling.
-    # Units opened but not yet made are forgotten, so a restored driver opens them again.
+    # Tune pickles its callbacks with the round's tuner (tuner.pkl, when the round
+    # begins) for Tuner.restore: keep the URI and ids, build the client and the writer
+    # again after unpickling. Units opened but not yet made are forgotten, so a
+    # restored driver opens them again.
     #
-    # Epochs still queued are not yet in MLflow: the snapshot counts a unit as
-    # recorded only up to the epoch the writer has written, so a restored driver logs
-    # the rest again when the trial re-runs them; epochs no trial re-runs (before its
-    # checkpoint, or of a finished trial) come from the job store (backfill.py).
+    # Epochs still queued are not yet in MLflow: a pickle counts a unit as recorded
+    # only up to the epoch the writer has written. A restored driver then raises the
+    # count to what the job store holds (StoreTrialCallback.reconcile); what MLflow
+    # lacks of those epochs comes from the job store at the job's end (backfill.py).
     def __getstate__(self) -> dict[str, Any]:
         units = self._units
         if self._writer is not None:

@@ -76,8 +76,8 @@ def test_callbacks_record_runs_metrics_statuses_and_survive_a_restore(tmp_path: 
     t1.last_result = result(1, 0.2)
     call(callbacks, "on_trial_result", t1, t1.last_result)
     call(callbacks, "on_trial_error", t1)
-    # Tune's snapshot of the callbacks, taken mid-round with the writer running;
-    # the restored copies share their MlflowTrialCallback as the originals do.
+    # A pickle of the callbacks taken mid-round with the writer running (Tune's own is
+    # taken when a round begins); the restored copies share their MlflowTrialCallback.
     t2 = SimpleNamespace(trial_id="t2", config={"reg_lambda": 1e-2, "l1_ratio": 1.0},
                          last_result={})
     t2.last_result = result(1, 0.3)
