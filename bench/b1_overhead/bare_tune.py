@@ -75,8 +75,9 @@ def _run_variant(name: str, spec_json: dict[str, Any], scratch: Path) -> dict[st
 _TIMED = [False]
 
 
-def probe_actor_start(n: int = 2) -> dict[str, float]:
-    """Fresh Ray actors: create → ready, and the trial's imports inside a fresh worker."""
+def probe_actor_start(spec_json: dict[str, Any], n: int = 2) -> dict[str, float]:
+    """Fresh Ray actors: create → ready, and a trial's start inside a fresh worker: its
+    imports, its data and its Trainer (model and optimizer), as ``train_trial`` makes it."""
     import ray
 
     @ray.remote(num_cpus=1)
@@ -86,13 +87,12 @@ def probe_actor_start(n: int = 2) -> dict[str, float]:
 
         def imports(self) -> float:
             s = time.perf_counter()
-            import torch  # noqa: F401
+            from search_spaces import SearchSpec
+            from workers.training import Trainer, build_setup
+            from workers.tune.trainable import prepare_worker
 
-            import workers.training  # noqa: F401
-            import workers.tune.trainable  # noqa: F401
-            from workers.training.tasks import load_task
-
-            load_task("digits").load({}, None)  # the data, as a trial loads it
+            spec = SearchSpec.model_validate(spec_json)
+            Trainer(build_setup(spec, spec.resolve_params({})), prepare_worker(spec))
             return time.perf_counter() - s
 
     starts, imports = [], []
@@ -192,7 +192,7 @@ def bare_main(argv: list[str]) -> int:
         out["runs"].append(run_variant(name, spec_json, args.scratch))
         args.out.write_text(json.dumps(out))
     if args.probe:
-        out["probe"] = probe_actor_start()
+        out["probe"] = probe_actor_start(spec_json)
     args.out.write_text(json.dumps(out))
     import ray
 

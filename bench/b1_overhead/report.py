@@ -147,8 +147,9 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
     if probe:
         profile_rows.append(["a fresh Ray actor: create → first call returns",
                              probe["actor_start_s"], "per trial when reuse_actors=False"])
-        profile_rows.append(["imports and data of a trial in a fresh worker (torch, "
-                             "workers.training, the trainable; digits loaded)", probe["trial_imports_s"],
+        profile_rows.append(["a trial's start in a fresh worker: imports (torch, "
+                             "workers.training, the trainable), data, its Trainer (model, "
+                             "optimizer)", probe["trial_imports_s"],
                              "per trial when reuse_actors=False"])
     startup = _trial_startup(service, service_records)
     if startup is not None:
