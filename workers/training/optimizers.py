@@ -6,10 +6,10 @@ The penalty is part of the loss (see penalties.py), so no optimizer here is give
 Each is torch's own optimizer class with its methods called undecorated
 (:func:`eager`): torch wraps ``step``, ``zero_grad``, ``add_param_group``,
 ``state_dict`` and ``load_state_dict`` in decorators that exist for
-``torch.compile`` and import ``torch._dynamo`` on their first call, about 1 s of
-CPU in every fresh trial process (``python -m bench.b1_overhead`` measures a
-trial's start; ``tests/workers/training/test_optimizers.py`` shows the import is
-gone). Nothing here is compiled, so the decorators do nothing else; the update
+``torch.compile`` and import ``torch._dynamo`` on their first call, about 0.9 s
+of every fresh trial process's start here (bench B1's fresh-worker probe, in
+``python -m bench --only B1``; ``tests/workers/training/test_optimizers.py`` shows
+the import is gone). Nothing here is compiled, so the decorators do nothing else; the update
 rules, state and ``state_dict`` are torch's, bit for bit.
 """
 
