@@ -4,6 +4,7 @@ torch._dynamo (about 1 s of CPU in every fresh trial process)."""
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import json
 import os
@@ -94,15 +95,21 @@ class TestEagerOptimizers:
 
     def test_step_runs_without_autograd_and_restores_it(self, eager: type, torch_cls: type,
                                                         kwargs: dict) -> None:
+        """The undecorated update, run with autograd on, raises (an in-place update of a
+        leaf that requires grad): a step that returns turned autograd off. Step hooks
+        still run, and autograd is on again afterwards."""
         model = _model()
         opt = eager(model.parameters(), **kwargs)
         seen = []
-        opt.register_step_pre_hook(lambda o, a, k: seen.append(torch.is_grad_enabled()))
+        opt.register_step_pre_hook(lambda o, a, k: seen.append("pre"))
+        opt.register_step_post_hook(lambda o, a, k: seen.append("post"))
         model(torch.randn(4, 8)).sum().backward()
+        before = [p.detach().clone() for p in model.parameters()]
+        with pytest.raises(RuntimeError, match="in-place"):
+            inspect.unwrap(torch_cls.step)(opt)
         opt.step()
-        assert torch.is_grad_enabled()
-        assert seen == [True]  # hooks still run (before step turns autograd off)
-        assert all(not p.requires_grad or p.grad is not None for p in model.parameters())
+        assert torch.is_grad_enabled() and seen == ["pre", "post"]
+        assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
 
     def test_closure_and_pickling(self, eager: type, torch_cls: type, kwargs: dict) -> None:
         model = _model()
