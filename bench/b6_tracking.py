@@ -323,8 +323,8 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         "most once per second. Where the tracking URI is a SQLite or PostgreSQL store with "
         "the tables it knows, it writes straight into MLflow's tables "
         "(workers/tune/mlflow_bulk.py; the rows MLflow's own calls would write): one "
-        "transaction makes a run with its tags and params, one per round writes its metric "
-        "values, tags and end. Otherwise (an MLflow server, REGTUNE_MLFLOW_BULK_METRICS=0, "
+        "transaction makes a run with its tags and params, one per round writes the metric "
+        "values, tags and ends of every run with something pending. Otherwise (an MLflow server, REGTUNE_MLFLOW_BULK_METRICS=0, "
         "the 'through MLflow's client' rows) it calls create_run, log_batch (1000 values, "
         "100 params / 100 tags per call) and set_terminated. It is flushed when Tune ends "
         "the round (on_experiment_end).",

@@ -20,10 +20,12 @@ still. One ``log_batch`` per epoch per trial on the SQLite store costs 8–12 ms
   pressure) instead of growing memory without limit.
 * **bulk SQL where the store allows**: given a ``bulk_factory``
   (``workers.tune.mlflow_bulk``), child runs are made, filled and ended straight
-  in MLflow's SQL tables, a transaction per run per round instead of a client
-  call per run per kind of write (bench B6 measures both). A call that path
-  refuses (a deleted run, a value MLflow would reject) goes to the client; any
-  other failure turns it off for the writer's life, with a warning.
+  in MLflow's SQL tables instead of a client call per run per kind of write
+  (bench B6 measures both): a transaction to make a run, and one per round for
+  every run's values, tags and ends (``BulkStore.write_runs``). A call that path
+  refuses (a deleted run, a value MLflow would reject) goes to the client, a
+  refused round's writes run by run; any other failure turns the path off for
+  the writer's life, with a warning.
 * **never silent, never fatal**: a failed MLflow call is retried with back-off;
   what still fails is logged at ERROR with what was dropped and counted in
   ``stats``; the thread itself never dies of it, and the driver never sees it.
@@ -93,6 +95,9 @@ class MlflowWriter:
         self._open_params: dict[str, dict[str, str]] = {}  # writer thread only
         self._known: dict[str, str] | None = None  # this job's runs found in MLflow
         self._last_write = 0.0
+        #: This round's bulk writes, sent together at its end (``_flush_batch``); None
+        #: outside a round or without the bulk path.
+        self._batch: list[tuple[str, str, list, dict, _Op | None, list[_Op]]] | None = None
         #: Per unit, the highest step whose metrics MLflow has (written or given up):
         #: what a snapshot of the driver's callbacks may call recorded.
         self.written: dict[str, int] = {}
@@ -208,9 +213,12 @@ class MlflowWriter:
                 if client is None:
                     self._bulk = self._make_bulk()
                     client = LazyClient(self._client_factory)
+                self._batch = [] if self._bulk is not None else None
                 for unit, ops in work.items():
                     self._write_unit(client, unit, ops)
+                self._flush_batch(client)
             except BaseException:  # noqa: BLE001 - the thread must outlive any failure
+                self._batch = None
                 log.exception("MLflow writer: a round of writes failed; %d operations lost",
                               count)
                 self.stats["dropped"] += count
@@ -265,21 +273,14 @@ class MlflowWriter:
         def send(end: _Op | None = None) -> None:
             # params: a run the client made (the bulk path writes them with the run);
             # they share the client's call with what else is pending.
-            if params or not self._write_bulk(run_id, metrics, tags, end):
-                from mlflow.entities import Metric, Param, RunTag
-
-                if metrics or params or tags:
-                    for m, p, t in batches([Metric(*x) for x in metrics],
-                                           [Param(k, v) for k, v in params.items()],
-                                           [RunTag(k, v) for k, v in tags.items()]):
-                        self._call("log_batch", client.log_batch, run_id, metrics=m, params=p,
-                                   tags=t)
-                if end is not None:
-                    self._call("set_terminated", client.set_terminated, run_id, end.status,
-                               end_time=end.end_time)
-            if metrics:
-                top = max(step for *_, step in metrics)
-                self.written[unit] = max(self.written.get(unit, 0), top)
+            if not params and self._batch is not None and (metrics or tags or end):
+                self._batch.append((unit, run_id, list(metrics), dict(tags), end,
+                                    held + ([end] if end else [])))
+            elif params or not self._write_bulk(run_id, metrics, tags, end):
+                self._send_client(client, run_id, metrics, params, tags, end)
+                self._mark_written(unit, metrics)
+            else:
+                self._mark_written(unit, metrics)
             params.clear(), metrics.clear(), tags.clear(), held.clear()
 
         for op in ops:
@@ -297,6 +298,46 @@ class MlflowWriter:
             send()
         except Exception as exc:  # noqa: BLE001
             self._give_up(unit, "log_batch", exc, held)
+
+    def _send_client(self, client: Any, run_id: str, metrics: list[tuple[str, float, int, int]],
+                     params: dict[str, str], tags: dict[str, str], end: _Op | None) -> None:
+        """What the bulk path did not write, through MLflow's client."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        if metrics or params or tags:
+            for m, p, t in batches([Metric(*x) for x in metrics],
+                                   [Param(k, v) for k, v in params.items()],
+                                   [RunTag(k, v) for k, v in tags.items()]):
+                self._call("log_batch", client.log_batch, run_id, metrics=m, params=p, tags=t)
+        if end is not None:
+            self._call("set_terminated", client.set_terminated, run_id, end.status,
+                       end_time=end.end_time)
+
+    def _mark_written(self, unit: str, metrics: list[tuple[str, float, int, int]]) -> None:
+        if metrics:
+            top = max(step for *_, step in metrics)
+            self.written[unit] = max(self.written.get(unit, 0), top)
+
+    def _flush_batch(self, client: Any) -> None:
+        """This round's bulk writes in one transaction (``BulkStore.write_runs``: a commit
+        costs more than a run's rows); refused or failed, one by one, as before."""
+        batch, self._batch = self._batch, None
+        if not batch:
+            return
+        if len(batch) > 1 and self._bulk_call("write_runs", [
+                (run_id, metrics, tags, None if end is None else (end.status, end.end_time))
+                for _, run_id, metrics, tags, end, _ in batch]) is not None:
+            for unit, _, metrics, *_ in batch:
+                self._mark_written(unit, metrics)
+            return
+        for unit, run_id, metrics, tags, end, ops in batch:
+            try:
+                if not self._write_bulk(run_id, metrics, tags, end):
+                    self._send_client(client, run_id, metrics, {}, tags, end)
+                self._mark_written(unit, metrics)
+            except Exception as exc:  # noqa: BLE001 - logged, counted, never fatal
+                held = [op for op in ops if op.kind == "data"]
+                self._give_up(unit, "log_batch" if held else "end", exc, ops)
 
     def _make_bulk(self) -> Any:
         """The bulk path, or None (none given, or it could not be made: the client then)."""

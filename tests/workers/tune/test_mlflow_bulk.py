@@ -96,6 +96,29 @@ def test_a_deleted_run_is_refused_and_nothing_is_written(client: Any,
         bulk.log_metrics("0" * 32, CALLS[0])
 
 
+def test_runs_written_together_are_written_alike_or_not_at_all(client: Any,
+                                                               bulk: BulkStore) -> None:
+    """write_runs is write_run for several runs in one transaction: the same rows, and
+    a refusal of any one (a run deleted meanwhile) writes none of them. (Each call of
+    CALLS sends 4 distinct values.)"""
+    alone, first, second = new_runs(client, 3)
+    for call in CALLS:
+        bulk.write_run(alone, call, {"t": "x"}, None)
+    assert bulk.write_runs([(run, call, {"t": "x"}, None)
+                            for call in CALLS for run in (first, second)]) == 2 * 3 * 4
+    bulk.write_runs([(first, [], None, ("FINISHED", 7)), (second, [], None, ("FINISHED", 7))])
+    for run in (first, second):
+        assert history(client, run) == history(client, alone)
+        got = client.get_run(run)
+        assert got.data.metrics == client.get_run(alone).data.metrics
+        assert got.data.tags["t"] == "x" and got.info.status == "FINISHED"
+    (deleted,) = new_runs(client, 1)
+    client.delete_run(deleted)
+    with pytest.raises(RunNotActive, match="deleted"):
+        bulk.write_runs([(alone, [("late", 1.0, 1, 1)], None, None), (deleted, CALLS[0])])
+    assert "late" not in client.get_run(alone).data.metrics
+
+
 def test_a_run_made_in_bulk_is_the_run_mlflows_client_makes(mlflow_db: str, client: Any,
                                                            bulk: BulkStore) -> None:
     """The same child run both ways; MLflow reads back the same run and finds both
@@ -208,11 +231,14 @@ def writer(client_uri: str, bulk_factory: Callable[[], Any] | None) -> MlflowWri
 
 
 def write_two_trials(w: MlflowWriter) -> None:
-    for unit in ("t0", "t1"):
-        for epoch in (1, 2, 3):
-            w.log(unit, {"loss": 1.0 / epoch, "acc": 0.1 * epoch}, 1000 + epoch, epoch,
-                  open_params={"lr": 0.1} if epoch == 1 else None)
-        w.terminate(unit, "FINISHED")
+    """Two trials' runs, values and ends, all in one round of the writer: they are
+    queued while the test holds the writer's lock, so its thread takes them at once."""
+    with w._cond:
+        for unit in ("t0", "t1"):
+            for epoch in (1, 2, 3):
+                w.log(unit, {"loss": 1.0 / epoch, "acc": 0.1 * epoch}, 1000 + epoch, epoch,
+                      open_params={"lr": 0.1} if epoch == 1 else None)
+            w.terminate(unit, "FINISHED")
     assert w.close()
 
 
@@ -230,11 +256,33 @@ def test_the_writer_writes_child_runs_in_bulk(mlflow_db: str, client: Any) -> No
     write_two_trials(w)
     check_runs(client, w)
     # One look for runs an earlier driver made; per run, one transaction to make it
-    # (tags, params) and one for its values and end. MLflow's client is never made.
-    assert w.stats["bulk_calls"] == 5
+    # (tags, params); one for both runs' values and ends. MLflow's client is never made.
+    assert w.stats["bulk_calls"] == 4
     assert {"runs_tagged (bulk SQL)", "create_run (bulk SQL)",
-            "write_run (bulk SQL)"} <= set(w.cpu_by_call)
+            "write_runs (bulk SQL)"} <= set(w.cpu_by_call)
     assert not {"search_runs", "create_run", "log_batch", "set_terminated"} & set(w.cpu_by_call)
+
+
+class RefusingBatches:
+    """The real bulk path, except that it refuses every write of several runs at once."""
+
+    def __init__(self, bulk: BulkStore) -> None:
+        self.bulk = bulk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bulk, name)
+
+    def write_runs(self, writes: Any) -> int:
+        raise RunNotActive("one of them was deleted meanwhile")
+
+
+def test_a_refused_batch_is_written_run_by_run(mlflow_db: str, client: Any) -> None:
+    w = writer(mlflow_db, lambda: RefusingBatches(BulkStore.for_uri(mlflow_db)))
+    write_two_trials(w)
+    check_runs(client, w)
+    # The search, two runs made, then each run's values and end on its own, still in bulk.
+    assert w.stats["bulk_calls"] == 5 and "write_run (bulk SQL)" in w.cpu_by_call
+    assert not {"log_batch", "set_terminated"} & set(w.cpu_by_call)
 
 
 def test_a_refused_call_goes_to_mlflows_client(mlflow_db: str, client: Any) -> None:
