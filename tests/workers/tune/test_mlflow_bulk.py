@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from workers.tune.mlflow_bulk import (BulkStore, Refused, RunNotActive, metric_rows,
-                                      newest_per_key)
+from workers.tune.mlflow_bulk import BulkStore
+from workers.tune.mlflow_rows import Refused, RunNotActive, metric_rows, newest_per_key
 from workers.tune.mlflow_runs import child_run_tags
 from workers.tune.mlflow_writer import MlflowWriter
 

@@ -14,7 +14,8 @@ import pytest
 
 from search_spaces import validate_spec
 from tests.workers.tune.conftest import tiny
-from workers.tune.mlflow_bulk import BulkStore, Refused, Validator, artifact_uri
+from workers.tune.mlflow_bulk import BulkStore
+from workers.tune.mlflow_rows import Refused, Validator, artifact_uri
 from workers.tune.mlflow_runs import job_runs
 
 REPO = Path(__file__).resolve().parents[3]
@@ -128,7 +129,7 @@ def test_artifact_uris_are_mlflows(location: str) -> None:
 def test_plain_keys_are_checked_without_mlflow_and_others_by_it() -> None:
     code = """
 import sys
-from workers.tune.mlflow_bulk import Refused, Validator
+from workers.tune.mlflow_rows import Refused, Validator
 v = Validator()
 for kind, key in [("param", "penalty.lambda"), ("tag", "regtune.job_id"),
                   ("metric", "val_accuracy"), ("tag", "mlflow.parentRunId")]:
