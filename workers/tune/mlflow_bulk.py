@@ -100,8 +100,8 @@ def attempt(bulk: "BulkStore | None", what: str, args: tuple[Any, ...],
 
 class BulkStore:
     """Writes a job's runs in few statements: one transaction to make a run with its
-    tags and params, one per round for its metrics, tags, params and end; and finds
-    or makes the job's experiment."""
+    tags and params, one per round for the metrics, tags, params and ends of every run
+    written in it (:meth:`write_runs`); and finds or makes the job's experiment."""
 
     def __init__(self, engine: Any, tables: dict[str, Any]) -> None:
         self.engine = engine

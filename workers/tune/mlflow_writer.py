@@ -276,11 +276,8 @@ class MlflowWriter:
             if not params and self._batch is not None and (metrics or tags or end):
                 self._batch.append((unit, run_id, list(metrics), dict(tags), end,
                                     held + ([end] if end else [])))
-            elif params or not self._write_bulk(run_id, metrics, tags, end):
-                self._send_client(client, run_id, metrics, params, tags, end)
-                self._mark_written(unit, metrics)
             else:
-                self._mark_written(unit, metrics)
+                self._send(client, unit, run_id, metrics, params, tags, end)
             params.clear(), metrics.clear(), tags.clear(), held.clear()
 
         for op in ops:
@@ -299,19 +296,24 @@ class MlflowWriter:
         except Exception as exc:  # noqa: BLE001
             self._give_up(unit, "log_batch", exc, held)
 
-    def _send_client(self, client: Any, run_id: str, metrics: list[tuple[str, float, int, int]],
-                     params: dict[str, str], tags: dict[str, str], end: _Op | None) -> None:
-        """What the bulk path did not write, through MLflow's client."""
-        from mlflow.entities import Metric, Param, RunTag
+    def _send(self, client: Any, unit: str, run_id: str,
+              metrics: list[tuple[str, float, int, int]], params: dict[str, str],
+              tags: dict[str, str], end: _Op | None) -> None:
+        """One run's write now: in bulk, else (params of a run the client made, or the
+        bulk path refused) through MLflow's client; then its metrics count as written."""
+        if params or not self._write_bulk(run_id, metrics, tags, end):
+            from mlflow.entities import Metric, Param, RunTag
 
-        if metrics or params or tags:
-            for m, p, t in batches([Metric(*x) for x in metrics],
-                                   [Param(k, v) for k, v in params.items()],
-                                   [RunTag(k, v) for k, v in tags.items()]):
-                self._call("log_batch", client.log_batch, run_id, metrics=m, params=p, tags=t)
-        if end is not None:
-            self._call("set_terminated", client.set_terminated, run_id, end.status,
-                       end_time=end.end_time)
+            if metrics or params or tags:
+                for m, p, t in batches([Metric(*x) for x in metrics],
+                                       [Param(k, v) for k, v in params.items()],
+                                       [RunTag(k, v) for k, v in tags.items()]):
+                    self._call("log_batch", client.log_batch, run_id, metrics=m, params=p,
+                               tags=t)
+            if end is not None:
+                self._call("set_terminated", client.set_terminated, run_id, end.status,
+                           end_time=end.end_time)
+        self._mark_written(unit, metrics)
 
     def _mark_written(self, unit: str, metrics: list[tuple[str, float, int, int]]) -> None:
         if metrics:
@@ -325,16 +327,14 @@ class MlflowWriter:
         if not batch:
             return
         if len(batch) > 1 and self._bulk_call("write_runs", [
-                (run_id, metrics, tags, None if end is None else (end.status, end.end_time))
+                (run_id, metrics, tags, _end_at(end))
                 for _, run_id, metrics, tags, end, _ in batch]) is not None:
             for unit, _, metrics, *_ in batch:
                 self._mark_written(unit, metrics)
             return
         for unit, run_id, metrics, tags, end, ops in batch:
             try:
-                if not self._write_bulk(run_id, metrics, tags, end):
-                    self._send_client(client, run_id, metrics, {}, tags, end)
-                self._mark_written(unit, metrics)
+                self._send(client, unit, run_id, metrics, {}, tags, end)
             except Exception as exc:  # noqa: BLE001 - logged, counted, never fatal
                 held = [op for op in ops if op.kind == "data"]
                 self._give_up(unit, "log_batch" if held else "end", exc, ops)
@@ -379,8 +379,7 @@ class MlflowWriter:
         """Metrics, tags and the run's end in one bulk transaction; False: the client's."""
         if not (metrics or tags or end):
             return True
-        end_at = None if end is None else (end.status, end.end_time)
-        return self._bulk_call("write_run", run_id, metrics, tags, end_at) is not None
+        return self._bulk_call("write_run", run_id, metrics, tags, _end_at(end)) is not None
 
     def _give_up(self, unit: str, what: str, exc: BaseException, ops: list[_Op]) -> None:
         self.stats["dropped"] += len(ops)
@@ -422,6 +421,11 @@ class MlflowWriter:
             self._failed.discard(unit)
             self._cond.notify_all()
         return params if found is None else {}
+
+
+def _end_at(end: _Op | None) -> tuple[str, int] | None:
+    """An end op as the bulk path takes it: (status, end time in ms)."""
+    return None if end is None else (end.status, end.end_time)
 
 
 _LIVE: "weakref.WeakSet[MlflowWriter]" = weakref.WeakSet()
