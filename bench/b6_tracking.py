@@ -340,6 +340,7 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
             for label, (calls, train) in per_run.items())
         + ". search_runs is the writer's one look for runs a driver it takes over from "
         "made; the rest is per run.",
+        b6_bulk.floor_note(bulk, per_run),
         "The hooks' wait is not zero in the background mode: the writer thread holds the GIL "
         "while MLflow's ORM runs, and the driver thread waits for it (up to the 5 ms switch "
         "interval per acquisition, more on a loaded machine). Here training shares that "

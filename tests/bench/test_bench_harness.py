@@ -316,3 +316,17 @@ def test_b2_step_profile_splits_an_epoch() -> None:
     shares = [int(s) for s in re.findall(r"\((\d+) %\)", epoch)]
     assert len(shares) == 2 and abs(sum(shares) - 100) <= 1, epoch
     assert "GFLOP/s" in out.stdout and "unbatched Trainer step" in out.stdout
+
+
+def test_b6_one_run_table_writes_the_same_run_three_ways(tmp_path: Path) -> None:
+    """B6's one-run table: MLflow's client, the bulk path and SQLite's floor (prepared
+    tuples through sqlite3) leave runs MLflow reads back alike; the table has a row each."""
+    from bench import b6_bulk
+
+    result = b6_bulk.measure(tmp_path, runs=2, rounds=1)
+    assert result["same"] is True
+    assert set(result["per_round"]) == {"client", "bulk", "floor"}
+    assert all(len(v) == 1 and v[0] > 0 for v in result["per_round"].values())
+    rows = b6_bulk.rows(result)
+    assert [r[0].split(":")[0] for r in rows] == ["MlflowClient", "BulkStore", "floor"]
+    assert all(r[-1] == "same run in MLflow" for r in rows)

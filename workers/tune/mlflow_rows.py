@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from typing import Any, Iterable
 
 FLOAT_MAX = 1.7976931348623157e308  # what MLflow stores for ±inf
+RUN_NAME_TAG, USER_TAG = "mlflow.runName", "mlflow.user"
 
 
 class Refused(RuntimeError):
@@ -101,3 +103,15 @@ def artifact_uri(location: str, run_id: str) -> str:
     from mlflow.utils.uri import append_to_uri_path
 
     return append_to_uri_path(location, run_id, "artifacts")
+
+
+def run_row(run_id: str, experiment_id: str, run_name: str, tags: dict[str, str],
+            artifact_location: str, start_time: int | None = None) -> dict[str, Any]:
+    """The ``runs`` row ``MlflowClient.create_run`` makes: RUNNING, source UNKNOWN, the
+    user from the ``mlflow.user`` tag, the artifact URI under the experiment's."""
+    return dict(run_uuid=run_id, name=run_name, source_type="UNKNOWN", source_name="",
+                entry_point_name="", user_id=tags.get(USER_TAG, "unknown"), status="RUNNING",
+                start_time=int(start_time or time.time() * 1000), end_time=None,
+                source_version="", lifecycle_stage="active",
+                artifact_uri=artifact_uri(artifact_location, run_id),
+                experiment_id=int(experiment_id), deleted_time=None)

@@ -77,6 +77,37 @@ def test_the_same_calls_leave_the_same_run_in_mlflow(client: Any, bulk: BulkStor
     assert {r.info.run_id for r in found} == {by_batch, by_bulk}
 
 
+def test_a_runs_rows_go_in_one_statement_per_table(client: Any, bulk: BulkStore) -> None:
+    """All of a write's metric rows, latest values, tags and params reach the database in
+    one statement execution per table (SQLite: one ``executemany`` of plain tuples;
+    PostgreSQL: SQLAlchemy's multi-row VALUES), not one per row, and are stored as MLflow
+    reads them (the SQLite path binds them itself: ``mlflow_bulk._Many``)."""
+    import sqlalchemy as sa
+
+    run_id = new_runs(client, 1)[0]
+    values = [(f"m{j}", j / 7, 1000 + step, step) for step in range(10) for j in range(18)]
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+               executemany: bool) -> None:
+        seen.append((statement.split("(")[0].split()[-1], parameters))
+
+    sa.event.listen(bulk.engine, "before_cursor_execute", record)
+    try:
+        bulk.write_run(run_id, values, {"t1": "a", "t2": "b"}, ("FINISHED", 2000),
+                       {"p1": "x", "p2": "y"})
+    finally:
+        sa.event.remove(bulk.engine, "before_cursor_execute", record)
+    inserts = [table for table, _ in seen if table in ("metrics", "latest_metrics", "tags",
+                                                        "params")]
+    assert sorted(inserts) == ["latest_metrics", "metrics", "params", "tags"], seen
+    run = client.get_run(run_id)
+    assert run.data.metrics == {f"m{j}": j / 7 for j in range(18)}
+    assert run.data.params == {"p1": "x", "p2": "y"}
+    assert (run.data.tags["t1"], run.info.status, run.info.end_time) == ("a", "FINISHED", 2000)
+    assert len(client.get_metric_history(run_id, "m5")) == 10
+
+
 def test_a_value_logged_again_is_not_a_second_row(client: Any, bulk: BulkStore) -> None:
     (run,) = new_runs(client, 1)
     assert bulk.log_metrics(run, CALLS[0]) == 4  # two exact repeats inside the call
