@@ -109,8 +109,9 @@ class _Floor:
 
         self.con = sqlite3.connect(path, isolation_level=None, timeout=30)
         self.experiment, self.params = experiment, params
-        self.location = bulk.engine.connect().execute(bulk._experiment_of, {
-            "b_experiment": int(experiment)}).first().artifact_location
+        with bulk.engine.connect() as conn:
+            self.location = conn.execute(bulk._experiment_of, {
+                "b_experiment": int(experiment)}).first().artifact_location
         self.run = _Many(bulk.engine.dialect, bulk._insert_run)
         self.many = {"tags": bulk._insert_tags, "params": bulk._insert_params,
                      "metrics": bulk._insert_metrics, "latest": bulk._upsert_latest}

@@ -278,7 +278,7 @@ class BulkStore:
             self._upsert_latest(conn, newest_per_key(rows))
         if tags:
             self._upsert_tags(conn, [{"key": k, "value": v, "run_uuid": run_id}
-                                             for k, v in tags.items()])
+                                     for k, v in tags.items()])
         if end is not None:
             conn.execute(self._end_run, {"b_run": run_id, "b_status": end[0],
                                          "b_end": int(end[1])})
@@ -319,9 +319,10 @@ class _Many:
     compiled once and the rows go to the DBAPI's ``executemany`` as plain tuples.
 
     Why: SQLAlchemy binds an executemany row by row (``construct_params`` and each
-    column's type processor per row), which cost a third of the bulk path's CPU on
-    SQLite, more than SQLite's own work on the rows (0.9 of 2.75 ms per demo-spec run
-    in a scratch A/B, this commit's message). The values bound are the same: SQLite
+    column's type processor: 21,900 calls for 100 runs of 180 values). Bound here, a
+    run made and written in a round of 16 cost 2.43 against 2.61 ms of CPU (medians of
+    10 interleaved rounds, commit 1147b88's message); SQLite's own work on the same
+    rows is about 1 ms (bench B6, the floor row). The values bound are the same: SQLite
     stores a bool as 0/1 and floats and ints as they are, which the Boolean, Float and
     BigInteger processors leave alone. On PostgreSQL SQLAlchemy's own executemany is
     kept: it folds the rows into multi-row VALUES, one round trip instead of one per row.
@@ -329,7 +330,8 @@ class _Many:
 
     def __init__(self, dialect: Any, statement: Any) -> None:
         self.statement = statement
-        self.sql: str | None = None
+        self.sql: str | None = None  # SQLite: the compiled statement; row: its tuple
+        self.row: Callable[[dict[str, Any]], tuple[Any, ...]] | None = None
         if dialect.name == "sqlite":
             compiled = statement.compile(dialect=dialect)
             if compiled.positiontup is None:
@@ -339,7 +341,7 @@ class _Many:
             self.sql, self.row = str(compiled), get if len(columns) > 1 else lambda r: (get(r),)
 
     def __call__(self, conn: Any, rows: list[dict[str, Any]]) -> None:
-        if self.sql is None:
+        if self.sql is None or self.row is None:
             conn.execute(self.statement, rows)
         else:
             conn.exec_driver_sql(self.sql, [self.row(row) for row in rows])
