@@ -176,6 +176,7 @@ def run_rounds(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks:
     checkpoints (workers.tune.snapshots), so a driver killed at any moment resumes
     without re-running a finished trial or forgetting one the searcher made.
     """
+    from workers.tune.recovery import searcher_counts_restored_trials
     from workers.tune.snapshots import change_driven_snapshots
 
     skip_callback_census()
@@ -190,7 +191,7 @@ def run_rounds(spec: SearchSpec, job: Any, store: Any, settings: Any, callbacks:
             store.add_event(job.id, "round_started", {"name": name, "finished": before})
         tuner = build_tuner(spec, job, store, settings, callbacks, name)
         if tuner is not None:
-            with change_driven_snapshots():
+            with change_driven_snapshots(), searcher_counts_restored_trials():
                 tuner.fit()
         store.add_event(job.id, "round_done", {"name": name})
         after = finished_trials(store, job.id)

@@ -139,3 +139,66 @@ def test_the_driver_runs_its_rounds_with_the_guard(harness, monkeypatch) -> None
     with pytest.raises(RuntimeError, match="stop here"):
         harness.run(job_id)
     assert any(isinstance(c, MissingCheckpointGuard) for c in given)
+
+
+# --- a searcher state older than the trial list -------------------------------------------
+
+SAMPLES = 3
+
+
+def run_then_age_the_searcher(tmp_path: Path) -> tuple[str, Callable[[dict], None]]:
+    """An experiment of SAMPLES trials, run to the end, whose saved searcher state then
+    says it made only one: what a kill between Tune's copies of the trial list and of
+    the searcher's state leaves on storage."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.search_generator import SearchGenerator
+    from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
+
+    def trainable(config: dict) -> None:
+        from ray import tune
+
+        tune.report({"loss": config["x"]})
+
+    searcher = ConcurrencyLimiter(OptunaSearch(metric="loss", mode="min", seed=0), 1)
+    tuner = tune.Tuner(trainable, param_space={"x": tune.uniform(0.0, 1.0)},
+                       tune_config=tune.TuneConfig(num_samples=SAMPLES, search_alg=searcher),
+                       run_config=tune.RunConfig(name="exp", verbose=0,
+                                                 storage_path=str(tmp_path / "results")))
+    assert len(tuner.fit()) == SAMPLES
+    path = str(tmp_path / "results" / "exp")
+    pattern = SearchGenerator.CKPT_FILE_TMPL.format("*")
+    state = _load_newest_checkpoint(path, pattern)
+    assert state is not None and state["counter"] == SAMPLES
+    name = sorted(Path(path).glob(pattern))[-1].name
+    _atomic_save({**state, "counter": 1}, path, name, f"tmp-{name}")
+    assert _load_newest_checkpoint(path, pattern)["counter"] == 1
+    return path, trainable
+
+
+def test_a_searcher_older_than_its_trials_makes_trials_past_the_budget(
+        tmp_path: Path, ray_local: None) -> None:
+    """Why the hook exists: restored as it is, Tune makes SAMPLES - 1 more trials."""
+    from ray import tune
+
+    path, trainable = run_then_age_the_searcher(tmp_path)
+    assert len(tune.Tuner.restore(path, trainable, resume_unfinished=True).fit()) \
+        == 2 * SAMPLES - 1
+
+
+def test_the_restored_searcher_counts_the_restored_trials(tmp_path: Path,
+                                                          ray_local: None) -> None:
+    from ray import tune
+
+    from workers.tune.recovery import searcher_counts_restored_trials
+
+    path, trainable = run_then_age_the_searcher(tmp_path)
+    with searcher_counts_restored_trials() as hooked:
+        results = tune.Tuner.restore(path, trainable, resume_unfinished=True).fit()
+    assert hooked is True
+    assert len(results) == SAMPLES
+    from ray.tune.execution.tune_controller import TuneController
+
+    assert TuneController.resume.__name__ == "resume" and \
+        TuneController.resume.__qualname__ == "TuneController.resume"  # unwrapped again
