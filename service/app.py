@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, *, store: Any = None, launcher:
         finally:
             if ctx.supervisor is not None:
                 ctx.supervisor.stop()
+            jobs.close()
             if launcher is None:
                 ctx_launcher.close()
             if head is not None:

@@ -20,6 +20,8 @@ from search_spaces import SearchSpec
 from search_spaces.selection import select
 from service.auth import Principal, can_cancel
 from service.launcher import LaunchError, Launcher, submission_id
+from service.launcher.base import is_standby
+from service.launcher.standby import StandbyDrivers
 from service.scheduling import pick_jobs_to_start, queue_position, queue_positions
 from service.settings import Settings
 from service.store.base import JobStore
@@ -78,6 +80,10 @@ class JobService:
         self.store = store
         self.launcher = launcher
         self.limits = Limits(settings.max_running_jobs, settings.max_running_jobs_per_user)
+        # Drivers started ahead of jobs (service.launcher.standby); only the supervisor
+        # thread starts jobs, so only it touches them.
+        self.standby = StandbyDrivers(launcher, settings.standby_drivers,
+                                      max(settings.standby_idle_s - 60.0, 0.0))
         # Resolved once: Settings.mlflow_uri resolves the data directory (realpath
         # system calls) on every access, and every job view shows it.
         self.mlflow_uri = settings.mlflow_uri
@@ -258,8 +264,21 @@ class JobService:
                                         last_started=self.store.last_started_by_owner())
             for job in chosen:
                 self._start(job)
+            # On its own local head the service shares the machine with its trials: a
+            # standby starting (2 s of a core) would take it from a job's start and
+            # trials, so there it starts only while no job runs. On a cluster drivers
+            # run on the head and trials on workers: at once.
+            if self.settings.ray_address or not (running or chosen):
+                self.standby.fill()
+
+    def close(self) -> None:
+        """Stop the standby drivers still waiting (the service is stopping)."""
+        with self._lock:
+            self.standby.close()
 
     def _start(self, job: Job) -> None:
+        if not job.ray_submission_id and self._hand_to_standby(job):
+            return
         attempt = _attempt_of(job.ray_submission_id) + 1 if job.ray_submission_id else 0
         sid = submission_id(job.id, attempt)
         if not self.store.transition(job.id, from_statuses={QUEUED}, to=RUNNING,
@@ -281,6 +300,23 @@ class JobService:
         except ValueError as exc:
             self._fail_launch(job.id, exc)
         self._launch_tries.pop(job.id, None)
+
+    def _hand_to_standby(self, job: Job) -> bool:
+        """Give a job's first start to a waiting standby driver; False: none waits.
+
+        The transition that marks the job running names the standby's Ray job, which
+        is what the standby polls for, so it takes this job and no other.
+        """
+        sid = self.standby.take()
+        if sid is None:
+            return False
+        if not self.store.transition(job.id, from_statuses={QUEUED}, to=RUNNING,
+                                     ray_submission_id=sid):
+            self.standby.give_back(sid)  # cancelled meanwhile; the standby still waits
+            return True
+        self.store.add_event(job.id, "job_launched", {"submission_id": sid, "standby": True})
+        self._launch_tries.pop(job.id, None)
+        return True
 
     def _fail_launch(self, job_id: str, exc: Exception) -> None:
         self._launch_tries.pop(job_id, None)
@@ -320,7 +356,9 @@ class JobService:
 
 
 def _attempt_of(submission: str | None) -> int:
-    """regtune-<id> is attempt 0, regtune-<id>-<n> attempt n."""
+    """regtune-<id> (or a standby's id) is attempt 0, regtune-<id>-<n> attempt n."""
+    if is_standby(submission):
+        return 0
     parts = (submission or "").split("-")
     return int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else 0
 

@@ -44,11 +44,15 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
     # --quick leaves py-spy out: stopping it took 4 s of a quick run, and it loads the cores.
     service, service_records = run_service(spec, hook, scratch, profile=not quick)
     _say(f"B1 service done: wall {service['wall']:.1f} s", t)
+    cold, cold_records = run_service(spec, hook, scratch, profile=False, standby=False)
+    _say(f"B1 service without a standby driver done: wall {cold['wall']:.1f} s", t)
     imports = {} if quick else measure_driver_imports()
 
     modes: list[tuple[str, str, dict[str, Any], list[dict[str, Any]]]] = [
         ("service", "(a) the service end to end (REST submit → /best)", service,
-         service_records)]
+         service_records),
+        ("service-cold", "(a) the same with no standby driver (REGTUNE_STANDBY_DRIVERS=0: "
+                         "the job's driver starts at submit)", cold, cold_records)]
     for r in bare_out["runs"]:
         label = VARIANTS[r["mode"]]
         if r["mode"].startswith("driver"):
@@ -112,9 +116,12 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
          "columns": ["mode", "training %", "between epochs %", "start-up, tear-down, idle %"],
          "rows": split_rows},
         {"caption": "The service's timeline for this job (its event log, the compute log and "
-                    "the client's clock)",
-         "columns": ["milestone", "at (s)", "since previous (s)"],
-         "rows": service_phases(service, service_records)},
+                    "the client's clock), with its standby driver and without one",
+         "columns": ["milestone", "at (s)", "since previous (s)", "no standby: at (s)",
+                     "no standby: since previous (s)"],
+         "rows": [row + cold_row[1:] for row, cold_row in
+                  zip(service_phases(service, service_records),
+                      service_phases(cold, cold_records))]},
     ]
 
     profile_rows: list[list[Any]] = []
@@ -126,6 +133,9 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
     profile_rows.append(["service: /readyz 200 → its Ray head accepts and runs a no-op job "
                          f"({service.get('ray_refusals')} refusals; excluded)",
                          service.get("ray_jobs_ready_s"), "once per service"])
+    profile_rows.append(["service: then its standby driver says it is ready (excluded; the "
+                         "no-standby row submits right after the no-op job)",
+                         service.get("standby_ready_s"), "once per service"])
     if service.get("agent_ports_moved"):
         notes.append(f"Another Ray cluster on the machine held port {RAY_AGENT_PORT} (Ray's "
                      "default dashboard-agent port) for 30 s, so the service ran with its Ray "
@@ -213,7 +223,9 @@ def _run(quick: bool, out_dir: Path, scratch: Path) -> dict[str, Any]:
         "to the last one in any trial, which leaves out the per-job fixed cost (driver start, "
         "first actors, tear-down) and keeps the per-trial and per-epoch costs.",
         "Walls: the service from POST /v1/jobs to /best answered (its Ray head and API were "
-        "already up); bare Ray Tune from Tuner.fit() call to return (its ray.init excluded); "
+        "already up, and in the first service row its standby driver had started and said "
+        "it was ready, as on a service up for a few seconds: service.launcher.standby; the "
+        "second row is the same service with REGTUNE_STANDBY_DRIVERS=0); bare Ray Tune from Tuner.fit() call to return (its ray.init excluded); "
         "the pool from the first task submitted to the last result (workers started and "
         "warm, imports done).",
         "All modes train the same configs (a grid of λ values, scheduler none) with one "

@@ -101,6 +101,29 @@ def wait_ray_accepts_jobs(data: Path, timeout: float = 90) -> tuple[float, int]:
                        f"cluster holding port {RAY_AGENT_PORT}? see its dashboard_agent.log)")
 
 
+def wait_standby_ready(data: Path, timeout: float = 60) -> float:
+    """Seconds until the service's standby driver says it is ready (its log's "ready"
+    line; workers.tune.driver.standby): a service that has been up a while has one
+    waiting, and the submit is timed from there, as it is from a head that accepts jobs."""
+    import httpx
+
+    start = time.monotonic()
+    port = _dashboard_port(data)
+    token = (data / "ray_auth_token").read_text().strip()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                      headers={"Authorization": f"Bearer {token}"}) as http:
+        while time.monotonic() - start < timeout:
+            for job in http.get("/api/jobs/").json():
+                sid = job.get("submission_id") or ""
+                if (job.get("metadata") or {}).get("regtune_standby") == "1" and \
+                        job.get("status") == "RUNNING":
+                    logs = http.get(f"/api/jobs/{sid}/logs").json().get("logs", "")
+                    if f"standby {sid}: ready" in logs:
+                        return time.monotonic() - start
+            time.sleep(0.2)
+    raise TimeoutError("the service's standby driver was not ready in time")
+
+
 def _parse_sse(text: str) -> list[dict[str, Any]]:
     events = []
     for block in text.split("\n\n"):
@@ -110,18 +133,22 @@ def _parse_sse(text: str) -> list[dict[str, Any]]:
     return events
 
 
-def run_service(spec_json: dict[str, Any], hook_dir: Path, scratch: Path, profile: bool
-                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def run_service(spec_json: dict[str, Any], hook_dir: Path, scratch: Path, profile: bool,
+                standby: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``standby``: the service as configured by default (one standby driver waiting,
+    service.launcher.standby); False: REGTUNE_STANDBY_DRIVERS=0, each job starts its own."""
     import httpx
 
-    data = scratch / "svc"
-    log_path = scratch / "compute-service.jsonl"
+    tag = "" if standby else "-cold"
+    data = scratch / f"svc{tag}"
+    log_path = scratch / f"compute-service{tag}.jsonl"
     env = repo_env({"REGTUNE_DATA_DIR": str(data), "REGTUNE_RAY_NUM_CPUS": str(SLOTS),
+                    "REGTUNE_STANDBY_DRIVERS": "1" if standby else "0",
                     COMPUTE_LOG_ENV: str(log_path)}, prepend_path=str(hook_dir))
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    service_log = scratch / "service.log"
+    service_log = scratch / f"service{tag}.log"
     try:
         waited, moved = wait_port_free(RAY_AGENT_PORT, 30), False
         cmd = [str(Path(PY).with_name("regtune")), "serve"]
@@ -132,12 +159,14 @@ def run_service(spec_json: dict[str, Any], hook_dir: Path, scratch: Path, profil
     with open(service_log, "wb") as log:
         proc = subprocess.Popen(cmd + ["--host", "127.0.0.1", "--port", str(port)], env=env,
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    result: dict[str, Any] = {"mode": "service", "agent_port_wait_s": waited,
+    result: dict[str, Any] = {"mode": f"service{tag}", "agent_port_wait_s": waited,
                               "agent_ports_moved": moved}
     try:
         wait_http(url + "/readyz", 240, proc, service_log)
         result["service_start_s"] = time.monotonic() - t
         result["ray_jobs_ready_s"], result["ray_refusals"] = wait_ray_accepts_jobs(data)
+        if standby:
+            result["standby_ready_s"] = wait_standby_ready(data)
         http = httpx.Client(base_url=url, timeout=60)
         t0 = time.time()
         response = http.post("/v1/jobs", json=spec_json)

@@ -8,10 +8,13 @@ or a runtime_env.
 from __future__ import annotations
 
 import re
+import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")
+#: A standby driver's submission id: made by the service (``standby_submission_id``).
+STANDBY_ID = re.compile(r"^regtune-standby-[0-9a-f]{12}$")
 
 PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED = "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED"
 TERMINAL = frozenset({SUCCEEDED, FAILED, STOPPED})
@@ -46,10 +49,24 @@ def submission_id(job_id: str, attempt: int = 0) -> str:
     return f"regtune-{job_id}" if attempt == 0 else f"regtune-{job_id}-{attempt}"
 
 
+def standby_submission_id() -> str:
+    """A new standby driver's submission id (``service.launcher.standby``)."""
+    return f"regtune-standby-{secrets.token_hex(6)}"
+
+
+def is_standby(submission: str | None) -> bool:
+    return bool(submission and STANDBY_ID.match(submission))
+
+
 class Launcher(ABC):
     @abstractmethod
     def submit(self, job_id: str, attempt: int = 0) -> str:
         """Start the driver of ``job_id``; returns the submission id."""
+
+    def submit_standby(self, submission: str) -> None:
+        """Start a driver that warms up and waits for the job the service hands it
+        (``service.launcher.standby``). A launcher without them refuses."""
+        raise LaunchError(f"{type(self).__name__} keeps no standby drivers")
 
     @abstractmethod
     def stop(self, submission: str) -> None: ...

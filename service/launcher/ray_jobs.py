@@ -12,7 +12,7 @@ import shlex
 
 import httpx
 
-from service.launcher.base import (JOB_ID, LaunchError, Launcher, LaunchStatus,
+from service.launcher.base import (JOB_ID, STANDBY_ID, LaunchError, Launcher, LaunchStatus,
                                    submission_id)
 
 DRIVER_MODULE = "workers.tune.driver"
@@ -44,17 +44,26 @@ class RayJobsLauncher(Launcher):
 
     def submit(self, job_id: str, attempt: int = 0) -> str:
         sid = submission_id(job_id, attempt)
-        body = {"entrypoint": self.entrypoint(job_id), "submission_id": sid,
+        self._post(sid, self.entrypoint(job_id), {"regtune_job_id": job_id})
+        return sid
+
+    def submit_standby(self, submission: str) -> None:
+        if not STANDBY_ID.match(submission):
+            raise ValueError(f"not a standby submission id: {submission!r}")
+        entrypoint = f"{shlex.quote(self.driver_python)} -m {DRIVER_MODULE} --standby {submission}"
+        self._post(submission, entrypoint, {"regtune_standby": "1"})
+
+    def _post(self, sid: str, entrypoint: str, metadata: dict[str, str]) -> None:
+        body = {"entrypoint": entrypoint, "submission_id": sid,
                 "runtime_env": {"env_vars": self.driver_env},
                 "entrypoint_num_cpus": 0,  # the driver only coordinates; trials hold the CPUs
-                "metadata": {"regtune_job_id": job_id}}
+                "metadata": metadata}
         response = self._request("POST", "/api/jobs/", json=body)
         if response.status_code >= 400:
             # 5xx: e.g. "No available agent to submit job" while a node's job agent
             # starts; the job stays queued and is submitted again.
             raise LaunchError(f"Ray refused job {sid}: {response.status_code} {response.text[:500]}",
                               transient=response.status_code >= 500)
-        return sid
 
     def stop(self, submission: str) -> None:
         response = self._request("POST", f"/api/jobs/{submission}/stop")

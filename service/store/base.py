@@ -136,6 +136,11 @@ class JobStore(ABC):
     def get_job(self, job_id: str) -> Job | None:
         """The job, or None."""
 
+    @abstractmethod
+    def running_job_of(self, submission: str) -> Job | None:
+        """The running job whose driver is the Ray job ``submission``, or None: what a
+        standby driver waits for (``service.launcher.standby``)."""
+
     def job_and_trial_counts(self, job_id: str) -> tuple[Job | None, dict[str, int]]:
         """:meth:`get_job` and :meth:`count_trials_by_status` of that job, together:
         what a job view reads. Implementations answer from one read transaction."""

@@ -162,6 +162,16 @@ class SqlJobStore(SqlUsers, SqlQueue, JobStore):
             row = conn.execute(q.GET_JOB, {"job_id": job_id}).first()
         return to_job(row) if row is not None else None
 
+    def running_job_of(self, submission: str) -> e.Job | None:
+        if not findable(submission):
+            return None
+        # jobs(status, pk) narrows it to the running jobs, a handful.
+        query = sa.select(*jobs.c).where(jobs.c.status == e.RUNNING,
+                                         jobs.c.ray_submission_id == submission)
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return to_job(row) if row is not None else None
+
     def job_and_trial_counts(self, job_id: str) -> tuple[e.Job | None, dict[str, int]]:
         counts = dict.fromkeys(e.TRIAL_STATUSES, 0)
         if not findable(job_id):

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from service.store.schema import ALL_TABLES
 from tests.deploy import native
 from tests.deploy.conftest import SPEC, Stack
+from tests.e2e.conftest import submission_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -99,7 +100,7 @@ def test_driver_ran_on_the_head(finished: Stack) -> None:
     """entrypoint_num_cpus=0: the driver needs no CPU, so the 0-CPU head can host it."""
     assert finished.job is not None
     head, worker = head_and_worker(finished)
-    submission = f"regtune-{finished.job['id']}"
+    submission = submission_of(finished.api, finished.job["id"])  # a standby's, at first
     response = httpx.get(f"{finished.ray_url}/api/jobs/{submission}",
                          headers=finished.ray_headers, timeout=30)
     assert response.status_code == 200, response.text

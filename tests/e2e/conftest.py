@@ -54,12 +54,25 @@ class LiveService:
             time.sleep(0.5)
         raise AssertionError(f"job {job_id} not in {until} after {timeout}s: {job}")
 
+    def submission(self, job_id: str) -> str:
+        """The Ray job running ``job_id``'s driver now: a standby's, or regtune-<id>[-n]."""
+        return submission_of(self.http, job_id)
+
     def ray_dashboard(self) -> tuple[str, dict[str, str]]:
         """The owned Ray head's Jobs/State API, found from its log and token file."""
         log = (self.data_dir / "logs" / "ray-head.log").read_text()
         port = re.findall(r"127\.0\.0\.1:(\d+)", log.split("dashboard at")[-1])[0]
         token = (self.data_dir / "ray_auth_token").read_text().strip()
         return f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
+
+
+def submission_of(http: httpx.Client, job_id: str) -> str:
+    """The submission id of the job's latest job_launched / job_resumed event."""
+    text = http.get(f"/v1/jobs/{job_id}/events", params={"follow": "false"}).text
+    found = [json.loads(line[6:])["payload"]["submission_id"] for line in text.splitlines()
+             if line.startswith("data: ") and '"submission_id"' in line]
+    assert found, f"job {job_id} was never launched"
+    return found[-1]
 
 
 def regtune_cli(*args: str, env: dict[str, str]) -> str:

@@ -25,8 +25,11 @@ SPEC = {"name": "e2e-resume", "task": "digits", "objective": {"metric": "val_acc
                    "scheduler": "none", "seed": 3}}
 
 
-def driver_pids(job_id: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"workers.tune.driver --job-id {job_id}"],
+def driver_pids(live, job_id: str) -> list[int]:
+    """The job's driver: a standby's (``--standby <its submission>``) or its own."""
+    sid = live.submission(job_id)
+    which = f"--standby {sid}" if sid.startswith("regtune-standby-") else f"--job-id {job_id}"
+    out = subprocess.run(["pgrep", "-f", f"workers.tune.driver {which}"],
                          capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
@@ -43,7 +46,7 @@ def test_killed_driver_resumes_without_duplicates_or_losses(live) -> None:
         raise AssertionError(f"no trial finished: {view}")
     at_kill = live.http.get(f"/v1/jobs/{job['id']}/trials").json()
     finished_before = {t["trial_id"] for t in at_kill if t["status"] == "completed"}
-    pids = driver_pids(job["id"])
+    pids = driver_pids(live, job["id"])
     assert pids, "the driver process is found"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)

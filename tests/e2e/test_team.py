@@ -84,7 +84,8 @@ def test_ownership_and_cancel_stop_ray_and_mlflow(live) -> None:
 
     # Nothing left running: in Ray, in the store, in MLflow.
     url, headers = live.ray_dashboard()
-    ray_job = httpx.get(f"{url}/api/jobs/regtune-{job_a['id']}", headers=headers).json()
+    ray_job = httpx.get(f"{url}/api/jobs/{live.submission(job_a['id'])}",
+                        headers=headers).json()
     assert ray_job["status"] == "STOPPED"
     deadline = time.monotonic() + 30
     while _alive_trial_actors(live) and time.monotonic() < deadline:

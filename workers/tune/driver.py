@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib
 import logging
 import os
 import pickle
@@ -31,6 +32,7 @@ from search_spaces import SearchSpec, catalog
 
 log = logging.getLogger("regtune.driver")
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")
+STANDBY_ID = re.compile(r"^regtune-standby-[0-9a-f]{12}$")  # as service.launcher.base's
 FINISHED = ("completed", "stopped", "failed")
 
 
@@ -251,13 +253,59 @@ def _bulk_store(settings: Any) -> Any:
     return BulkStore.for_uri(settings.mlflow_uri)
 
 
-def run(job_id: str) -> int:
+def _prepare() -> None:
     # Tune's own json/csv/TensorBoard result files: nothing reads them (the job store
     # and MLflow record every result), and writing them costs the driver ~5% of its CPU.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # ... so Tune's ResultGrid, which the driver never reads, finds no result files
     # at the end of each round and would warn about every trial.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+
+
+#: What a driver imports before it can start a round: a standby imports them first.
+WARM_MODULES = ("ray.tune", "search_spaces.selection", "service.settings", "service.store",
+                "workers.tune.algorithms", "workers.tune.population", "workers.tune.trainable",
+                "workers.tune.recovery", "workers.tune.reporting", "workers.tune.snapshots",
+                "workers.tune.tracking")
+
+
+def standby(submission: str, poll_s: float = 0.05, idle_s: float | None = None) -> int:
+    """Start as a driver does, then wait for the job the service hands this Ray job
+    (``service.launcher.standby``) and run it; exit 0 after ``idle_s`` (default
+    ``REGTUNE_STANDBY_IDLE_S``) with none.
+
+    Everything a driver does before it reads its job is done here first: the imports
+    of ``run`` and of a round (``WARM_MODULES``), the job store opened, Ray joined. The
+    job is found by the submission id the service set on it when it marked it running.
+    """
+    _prepare()
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+    import ray
+
+    from service.settings import get_settings
+    from service.store import open_store
+
+    settings = get_settings()
+    store = open_store(settings.database)
+    if not ray.is_initialized():
+        ray.init(address="auto", log_to_driver=False)
+    idle_s = settings.standby_idle_s if idle_s is None else idle_s
+    deadline = time.monotonic() + idle_s
+    log.info("standby %s: ready", submission)
+    while time.monotonic() < deadline:
+        job = store.running_job_of(submission)
+        if job is not None:
+            log.info("standby %s: runs job %s", submission, job.id)
+            return run(job.id, store)
+        time.sleep(poll_s)
+    log.info("standby %s: no job in %.0f s; exiting", submission, idle_s)
+    store.close()
+    return 0
+
+
+def run(job_id: str, store: Any = None) -> int:
+    _prepare()
     import ray
 
     from search_spaces.selection import select
@@ -269,7 +317,7 @@ def run(job_id: str) -> int:
     from workers.tune.tracking import ParentRun
 
     settings = get_settings()
-    store = open_store(settings.database)
+    store = store or open_store(settings.database)
     job = store.get_job(job_id)
     if job is None:
         print(f"regtune driver: no job {job_id}", file=sys.stderr)
@@ -330,12 +378,17 @@ def run(job_id: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.tune.driver")
-    parser.add_argument("--job-id", required=True)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--job-id")
+    which.add_argument("--standby", metavar="SUBMISSION_ID",
+                       help="wait for the job the service hands this Ray job, then run it")
     args = parser.parse_args(argv)
-    if not JOB_ID.match(args.job_id):
+    if args.job_id is not None and not JOB_ID.match(args.job_id):
         parser.error("--job-id must be 12 lowercase hex characters")
+    if args.standby is not None and not STANDBY_ID.match(args.standby):
+        parser.error("--standby must be a standby submission id (regtune-standby-<12 hex>)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return run(args.job_id)
+    return run(args.job_id) if args.job_id is not None else standby(args.standby)
 
 
 if __name__ == "__main__":

@@ -448,3 +448,20 @@ class TestLifecycle:
     def test_store_error_hierarchy(self):
         assert issubclass(Conflict, StoreError) and issubclass(NotFound, KeyError)
         assert str(NotFound("no job x")) == "no job x"
+
+
+def test_the_running_job_of_a_submission_is_found_only_while_it_runs(store) -> None:
+    """What a standby driver polls for (service.launcher.standby)."""
+    job = make_job(store)
+    other = make_job(store, name="other")
+    sid = "regtune-standby-0123456789ab"
+    assert store.running_job_of(sid) is None
+    assert store.transition(job.id, from_statuses={"queued"}, to="running",
+                            ray_submission_id=sid)
+    assert store.transition(other.id, from_statuses={"queued"}, to="running",
+                            ray_submission_id="regtune-" + other.id)
+    assert store.running_job_of(sid).id == job.id
+    assert store.running_job_of("regtune-standby-ffffffffffff") is None
+    assert store.running_job_of("bad\x00id") is None
+    assert store.transition(job.id, from_statuses={"running"}, to="cancelled")
+    assert store.running_job_of(sid) is None
