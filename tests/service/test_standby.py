@@ -116,6 +116,16 @@ def submit(client) -> str:
     return response.json()["id"]
 
 
+def start_one(client) -> tuple[str, str | None]:
+    """A tick (the service's first: its standby, if any, starts), a job submitted, a tick
+    (the job starts): (the job's id, the Ray job it runs in)."""
+    jobs = client.app.state.ctx.jobs
+    jobs.tick()
+    job_id = submit(client)
+    jobs.tick()
+    return job_id, client.app.state.ctx.store.get_job(job_id).ray_submission_id
+
+
 def test_the_next_job_is_handed_to_the_waiting_standby(service) -> None:
     client, launcher = service
     jobs = client.app.state.ctx.jobs
@@ -145,24 +155,17 @@ def test_on_a_cluster_the_next_standby_starts_at_once(service) -> None:
     """Drivers run on the head, trials on workers: a standby's start takes nothing from
     a running job's trials."""
     client, launcher = service
-    jobs = client.app.state.ctx.jobs
-    jobs.tick()
-    job_id = submit(client)
-    jobs.tick()
-    assert client.app.state.ctx.store.get_job(job_id).ray_submission_id == launcher.standbys[0]
+    job_id, sid = start_one(client)
+    assert sid == launcher.standbys[0]
     assert len(launcher.standbys) == 2
 
 
 def test_a_standby_that_dies_running_a_job_is_followed_by_the_jobs_own_driver(service) -> None:
     client, launcher = service
-    jobs = client.app.state.ctx.jobs
-    jobs.tick()
-    job_id = submit(client)
-    jobs.tick()
-    standby_sid = client.app.state.ctx.store.get_job(job_id).ray_submission_id
+    job_id, standby_sid = start_one(client)
     assert is_standby(standby_sid)
     launcher.stopped.append(standby_sid)  # Ray says STOPPED; the driver never reported
-    jobs.tick()
+    client.app.state.ctx.jobs.tick()
     assert launcher.submitted == [job_id]
     assert client.app.state.ctx.store.get_job(job_id).ray_submission_id == \
         submission_id(job_id, 1)
@@ -171,12 +174,9 @@ def test_a_standby_that_dies_running_a_job_is_followed_by_the_jobs_own_driver(se
 @pytest.mark.parametrize("service", [{"standby_drivers": 0}], indirect=True)
 def test_with_no_standby_drivers_every_job_starts_its_own(service) -> None:
     client, launcher = service
-    jobs = client.app.state.ctx.jobs
-    jobs.tick()
-    job_id = submit(client)
-    jobs.tick()
+    job_id, sid = start_one(client)
     assert launcher.standbys == [] and launcher.submitted == [job_id]
-    assert client.app.state.ctx.store.get_job(job_id).ray_submission_id == f"regtune-{job_id}"
+    assert sid == f"regtune-{job_id}"
 
 
 def test_stopping_the_service_stops_the_waiting_standby(tmp_path) -> None:
